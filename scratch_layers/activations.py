@@ -1,0 +1,224 @@
+"""Keras 3 activation functions re-implemented in NumPy (float64).
+
+One table, :data:`ACTIVATIONS`, maps the Keras serialized name to a function
+``f(x) -> y``. Definitions follow ``keras/src/activations/activations.py`` and the
+TensorFlow backend (``keras/src/backend/tensorflow/nn.py``) of Keras 3.
+"""
+import math
+
+import numpy as np
+
+from .errors import UnsupportedLayerError
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def linear(x):
+    return x
+
+
+def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    """Generalised ReLU, exactly Keras' ``activations.relu``:
+    ``y = x`` if ``x >= threshold`` else ``negative_slope * (x - threshold)``;
+    then ``y`` is clipped at ``max_value``."""
+    if negative_slope == 0.0 and threshold == 0.0:
+        y = np.maximum(x, 0.0)
+    else:
+        y = np.where(x >= threshold, x, negative_slope * (x - threshold))
+    if max_value is not None:
+        y = np.minimum(y, max_value)
+    return y
+
+
+def relu6(x):
+    return np.clip(x, 0.0, 6.0)
+
+
+def leaky_relu(x, negative_slope=0.2):
+    """Keras 3 default slope is 0.2 (not TF's 0.3 nor PyTorch's 0.01)."""
+    return np.where(x >= 0, x, negative_slope * x)
+
+
+def sigmoid(x):
+    """Numerically stable logistic: never evaluates exp of a large positive number."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def tanh(x):
+    return np.tanh(x)
+
+
+def softmax(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)); subtracting the max avoids overflow."""
+    z = x - np.max(x, axis=axis, keepdims=True)
+    np.exp(z, out=z)
+    z /= np.sum(z, axis=axis, keepdims=True)
+    return z
+
+
+def log_softmax(x, axis=-1):
+    z = x - np.max(x, axis=axis, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def elu(x, alpha=1.0):
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+
+def selu(x):
+    return _SELU_SCALE * elu(x, _SELU_ALPHA)
+
+
+def celu(x, alpha=1.0):
+    return np.maximum(x, 0.0) + alpha * np.expm1(np.minimum(x, 0.0) / alpha)
+
+
+def softplus(x):
+    """log(1 + exp(x)) computed as logaddexp(0, x) (no overflow)."""
+    return np.logaddexp(0.0, x)
+
+
+def softsign(x):
+    return x / (1.0 + np.abs(x))
+
+
+def silu(x):
+    """swish / silu: x * sigmoid(x)."""
+    return x * sigmoid(x)
+
+
+def _erf(x):
+    """Vectorised erf (NumPy has none): Numerical Recipes 3rd ed. ``erfccheb``
+    Chebyshev fit of erfc, max abs error ~3e-16 against ``math.erf``."""
+    x = np.asarray(x, dtype=np.float64)
+    # Numerical Recipes 3rd ed. erfc via Chebyshev expansion, accurate to ~1.2e-16
+    z = np.abs(x)
+    t = 2.0 / (2.0 + z)
+    ty = 4.0 * t - 2.0
+    d = np.zeros_like(z)
+    dd = np.zeros_like(z)
+    for c in _ERF_COF[:0:-1]:
+        tmp = d
+        d = ty * d - dd + c
+        dd = tmp
+    erfc_z = t * np.exp(-z * z + 0.5 * (_ERF_COF[0] + ty * d) - dd)
+    return np.where(x >= 0, 1.0 - erfc_z, erfc_z - 1.0)
+
+
+_ERF_COF = [
+    -1.3026537197817094, 6.4196979235649026e-1, 1.9476473204185836e-2,
+    -9.561514786808631e-3, -9.46595344482036e-4, 3.66839497852761e-4,
+    4.2523324806907e-5, -2.0278578112534e-5, -1.624290004647e-6,
+    1.303655835580e-6, 1.5626441722e-8, -8.5238095915e-8, 6.529054439e-9,
+    5.059343495e-9, -9.91364156e-10, -2.27365122e-10, 9.6467911e-11,
+    2.394038e-12, -6.886027e-12, 8.94487e-13, 3.13092e-13, -1.12708e-13,
+    3.81e-16, 7.106e-15, -1.523e-15, -9.4e-17, 1.21e-16, -2.8e-17,
+]
+
+
+def gelu(x, approximate=False):
+    """Keras 3 ``activation="gelu"`` is the exact GELU, 0.5 x (1 + erf(x / sqrt 2));
+    ``approximate=True`` is the tanh formula."""
+    if approximate:
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def hard_sigmoid(x):
+    """Keras 3 definition: relu6(x + 3) / 6 (Keras 2 used 0.2 x + 0.5)."""
+    return relu6(x + 3.0) / 6.0
+
+
+def hard_silu(x):
+    return x * hard_sigmoid(x)
+
+
+def exponential(x):
+    return np.exp(x)
+
+
+def mish(x):
+    return x * np.tanh(softplus(x))
+
+
+def log_sigmoid(x):
+    return -softplus(-x)
+
+
+def hard_tanh(x):
+    return np.clip(x, -1.0, 1.0)
+
+
+def tanh_shrink(x):
+    return x - np.tanh(x)
+
+
+def soft_shrink(x, threshold=0.5):
+    return np.where(x > threshold, x - threshold, np.where(x < -threshold, x + threshold, 0.0))
+
+
+def hard_shrink(x, threshold=0.5):
+    return np.where(np.abs(x) > threshold, x, 0.0)
+
+
+def squareplus(x, b=4):
+    return (x + np.sqrt(x * x + b)) / 2.0
+
+
+def sparse_plus(x):
+    return np.where(x <= -1, 0.0, np.where(x < 1, 0.25 * (x + 1) ** 2, x))
+
+
+def sparse_sigmoid(x):
+    return np.where(x <= -1, 0.0, np.where(x >= 1, 1.0, 0.5 * (x + 1)))
+
+
+def glu(x, axis=-1):
+    a, b = np.split(x, 2, axis=axis)
+    return a * sigmoid(b)
+
+
+def sparsemax(x, axis=-1):
+    """Sparsemax (Martins & Astudillo 2016), same algorithm as Keras' TF backend."""
+    xs = -np.sort(-x, axis=axis)
+    cs = np.cumsum(xs, axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    r = np.arange(1, x.shape[axis] + 1, dtype=np.float64).reshape(shape)
+    support = xs - (cs - 1) / r > 0
+    k = np.sum(support, axis=axis, keepdims=True)
+    tau = (np.sum(np.where(support, cs, 0.0), axis=axis, keepdims=True) - 1) / k
+    return np.maximum(x - tau, 0.0)
+
+
+ACTIVATIONS = {
+    "linear": linear, None: linear, "relu": relu, "relu6": relu6,
+    "leaky_relu": leaky_relu, "sigmoid": sigmoid, "tanh": tanh,
+    "softmax": softmax, "log_softmax": log_softmax, "elu": elu, "selu": selu,
+    "celu": celu, "softplus": softplus, "softsign": softsign, "silu": silu,
+    "swish": silu, "gelu": gelu, "hard_sigmoid": hard_sigmoid,
+    "hard_silu": hard_silu, "hard_swish": hard_silu, "exponential": exponential,
+    "mish": mish, "log_sigmoid": log_sigmoid, "hard_tanh": hard_tanh,
+    "tanh_shrink": tanh_shrink, "soft_shrink": soft_shrink,
+    "hard_shrink": hard_shrink, "squareplus": squareplus,
+    "sparse_plus": sparse_plus, "sparse_sigmoid": sparse_sigmoid, "glu": glu,
+    "sparsemax": sparsemax,
+}
+
+
+def get(spec, where="layer"):
+    """Resolve a serialized Keras activation (a name string, None, or a
+    ``{"class_name": ..., "config": name}`` dict) to a NumPy function."""
+    name = spec
+    if isinstance(spec, dict):
+        cfg = spec.get("config")
+        name = cfg if isinstance(cfg, str) else (cfg or {}).get("name", spec.get("class_name"))
+    if isinstance(name, str):
+        name = name.lower()
+    if name not in ACTIVATIONS:
+        raise UnsupportedLayerError(
+            f"{where}: unsupported activation {spec!r}. Supported: "
+            + ", ".join(sorted(k for k in ACTIVATIONS if k)))
+    return ACTIVATIONS[name]

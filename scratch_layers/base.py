@@ -1,0 +1,95 @@
+"""Layer base class and small helpers shared by all layer implementations."""
+import numpy as np
+
+from .errors import InputError, ModelFileError, UnsupportedLayerError
+
+
+class Layer:
+    """A Keras layer re-implemented for inference.
+
+    Built from ``(config, weights)``: ``config`` is the layer's Keras config dict
+    (as in ``config.json``), ``weights`` the list of its variables in Keras order
+    (``layer.weights``), already cast to float64.
+
+    ``forward(x, mask=None) -> y`` computes the layer on a batch; ``mask`` is the
+    Keras mask (bool, shape (N, T)) of the incoming tensor or None.
+    ``compute_mask(x, mask)`` returns the mask of the output (Keras semantics:
+    layers with ``supports_masking`` pass it through, others drop it).
+    """
+
+    supports_masking = False
+    n_weights = 0
+
+    def __init__(self, config, weights, class_name=None):
+        self.config = config
+        self.class_name = class_name or type(self).__name__
+        self.name = config.get("name", self.class_name.lower())
+        if len(weights) != self.n_weights:
+            raise ModelFileError(
+                f"{self.class_name} layer '{self.name}': expected {self.n_weights} "
+                f"weight arrays in the model file, found {len(weights)}")
+        self.weights = list(weights)
+
+    def forward(self, x, mask=None):
+        raise NotImplementedError
+
+    def compute_mask(self, x, mask):
+        return mask if self.supports_masking else None
+
+    def __call__(self, x, mask=None):
+        return self.forward(x, mask)
+
+    def __repr__(self):
+        return f"<{self.class_name} '{self.name}'>"
+
+    # helpers -------------------------------------------------------------
+    def unsupported(self, option, value, hint=""):
+        return UnsupportedLayerError(
+            f"{self.class_name} layer '{self.name}': unsupported option "
+            f"{option}={value!r}{'; ' + hint if hint else ''}")
+
+    def require(self, option, allowed, default=None):
+        """Read ``config[option]`` and raise a clear error if it is not allowed."""
+        value = self.config.get(option, default)
+        if isinstance(value, list):
+            value = tuple(value)
+        if value not in allowed:
+            raise self.unsupported(option, value, f"supported: {sorted(map(repr, allowed))}")
+        return value
+
+    def check_rank(self, x, rank, what="input"):
+        if x.ndim != rank:
+            raise InputError(
+                f"{self.class_name} layer '{self.name}': expected a rank-{rank} {what} "
+                f"(batch first), got shape {x.shape}")
+
+    def check_last_dim(self, x, expected):
+        if x.shape[-1] != expected:
+            raise InputError(
+                f"{self.class_name} layer '{self.name}': expected last dimension "
+                f"{expected} (channels/features), got input shape {x.shape}")
+
+
+def as_tuple(v, n):
+    """Keras accepts int or tuple for sizes/strides; normalise to an n-tuple."""
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1 and n > 1:
+            return tuple(int(v[0]) for _ in range(n))
+        return tuple(int(i) for i in v)
+    return tuple(int(v) for _ in range(n))
+
+
+def same_padding(size, k, stride, dilation=1):
+    """TensorFlow 'same' padding along one axis.
+
+    out = ceil(size / stride); pad_total = max((out-1)*stride + (k-1)*dilation + 1 - size, 0);
+    pad_before = pad_total // 2 (the extra cell goes after: bottom/right).
+    Returns (out, pad_before, pad_after)."""
+    out = -(-size // stride)
+    eff = (k - 1) * dilation + 1
+    total = max((out - 1) * stride + eff - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def valid_out(size, k, stride, dilation=1):
+    return (size - ((k - 1) * dilation + 1)) // stride + 1

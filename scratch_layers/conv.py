@@ -1,0 +1,302 @@
+"""Convolution and pooling layers (channels_last), vectorised with NumPy.
+
+Convolution uses im2col: the padded input is gathered once into a contiguous
+``(N*Ho*Wo, kh*kw*C)`` buffer (one strided copy per kernel offset, so the copy
+loop runs kh*kw times, never over pixels or samples) and multiplied with the
+kernel reshaped to ``(kh*kw*C, F)`` in a single BLAS matmul.
+"""
+import numpy as np
+
+from . import activations
+from .base import Layer, as_tuple, same_padding, valid_out
+from .errors import InputError
+
+
+def _out_and_pads(size, k, stride, dilation, padding):
+    if padding == "same":
+        return same_padding(size, k, stride, dilation)
+    out = valid_out(size, k, stride, dilation)
+    return out, 0, 0
+
+
+def pad2d(x, pads, value=0.0):
+    """Pad axes 1 and 2 of an (N, H, W, C) array; returns x itself if no padding."""
+    (t, b), (l, r) = pads
+    if not (t or b or l or r):
+        return x
+    n, h, w, c = x.shape
+    out = np.full((n, h + t + b, w + l + r, c), value, dtype=x.dtype)
+    out[:, t:t + h, l:l + w] = x
+    return out
+
+
+def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit_pads=None):
+    """2-D cross-correlation as Keras/TF computes it.
+
+    x: (N, H, W, C); kernel: (kh, kw, C, F) -> (N, Ho, Wo, F) with
+    y[n,i,j,f] = sum_{a,b,c} xpad[n, i*sh + a*dh, j*sw + b*dw, c] * kernel[a,b,c,f].
+    'same' padding follows TF (extra row/column at the bottom/right)."""
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    sh, sw = strides
+    dh, dw = dilation
+    if explicit_pads is not None:
+        (pt, pb), (pl, pr) = explicit_pads
+        ho = valid_out(h + pt + pb, kh, sh, dh)
+        wo = valid_out(w + pl + pr, kw, sw, dw)
+    else:
+        ho, pt, pb = _out_and_pads(h, kh, sh, dh, padding)
+        wo, pl, pr = _out_and_pads(w, kw, sw, dw, padding)
+    if ho <= 0 or wo <= 0:
+        raise InputError(f"input spatial size {(h, w)} is too small for kernel {(kh, kw)} "
+                         f"with dilation {dilation} and padding '{padding}'")
+    if kh == 1 and kw == 1 and sh == 1 and sw == 1 and not (pt or pb or pl or pr):
+        return np.matmul(x.reshape(-1, c), kernel.reshape(c, f)).reshape(n, ho, wo, f)
+    xp = pad2d(x, ((pt, pb), (pl, pr)))
+    cols = np.empty((n, ho, wo, kh, kw, c), dtype=np.float64)
+    for a in range(kh):
+        r0 = a * dh
+        for b in range(kw):
+            c0 = b * dw
+            cols[:, :, :, a, b, :] = xp[:, r0:r0 + (ho - 1) * sh + 1:sh, c0:c0 + (wo - 1) * sw + 1:sw, :]
+    y = np.matmul(cols.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, f))
+    return y.reshape(n, ho, wo, f)
+
+
+class Conv2D(Layer):
+    """Conv2D: y = activation(conv2d(x, kernel) + bias); channels_last, groups=1."""
+
+    def __init__(self, config, weights, class_name=None):
+        self.use_bias = config.get("use_bias", True)
+        self.n_weights = 2 if self.use_bias else 1
+        super().__init__(config, weights, class_name)
+        self.rank = 2
+        self.require("data_format", ("channels_last", None), "channels_last")
+        self.require("groups", (1,), 1)
+        self.padding = self.require("padding", ("valid", "same"), "valid")
+        self.strides = as_tuple(config.get("strides", 1), 2)
+        self.dilation = as_tuple(config.get("dilation_rate", 1), 2)
+        if max(self.strides) > 1 and max(self.dilation) > 1:
+            raise self.unsupported("strides+dilation_rate", (self.strides, self.dilation),
+                                   "Keras itself rejects strides > 1 with dilation > 1")
+        if config.get("lora_rank"):
+            raise self.unsupported("lora_rank", config.get("lora_rank"))
+        self.kernel = np.ascontiguousarray(weights[0])
+        self.bias = weights[1] if self.use_bias else None
+        self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+
+    def _conv(self, x):
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        self.check_last_dim(x, self.kernel.shape[2])
+        return conv2d(x, self.kernel, self.strides, self.padding, self.dilation)
+
+    def forward(self, x, mask=None):
+        y = self._conv(x)
+        if self.bias is not None:
+            y += self.bias
+        if self.activation is activations.relu:
+            return np.maximum(y, 0.0, out=y)  # fused, in place
+        return self.activation(y)
+
+
+class Conv1D(Conv2D):
+    """Conv1D on (N, L, C) via conv2d with H=1; supports 'causal' padding
+    (left padding of (k-1)*dilation)."""
+
+    def __init__(self, config, weights, class_name=None):
+        cfg = dict(config)
+        self.causal = cfg.get("padding") == "causal"
+        if self.causal:
+            cfg["padding"] = "valid"
+        super().__init__(cfg, weights, class_name)
+        self.kernel = self.kernel[None]  # (1, k, C, F)
+        self.strides = (1,) + as_tuple(config.get("strides", 1), 1)
+        self.dilation = (1,) + as_tuple(config.get("dilation_rate", 1), 1)
+
+    def _conv(self, x):
+        self.check_rank(x, 3, "sequence batch (N, L, C)")
+        self.check_last_dim(x, self.kernel.shape[2])
+        x4 = x[:, None]
+        if self.causal:
+            left = (self.kernel.shape[1] - 1) * self.dilation[1]
+            y = conv2d(x4, self.kernel, self.strides, "valid", self.dilation,
+                       explicit_pads=((0, 0), (left, 0)))
+        else:
+            y = conv2d(x4, self.kernel, self.strides, self.padding, self.dilation)
+        return y[:, 0]
+
+
+class DepthwiseConv2D(Layer):
+    """Depthwise conv: each input channel convolved with its own depth_multiplier filters.
+    kernel (kh, kw, C, M) -> output channels ordered c*M + m (as TF)."""
+
+    def __init__(self, config, weights, class_name=None):
+        self.use_bias = config.get("use_bias", True)
+        self.n_weights = 2 if self.use_bias else 1
+        super().__init__(config, weights, class_name)
+        self.require("data_format", ("channels_last", None), "channels_last")
+        self.padding = self.require("padding", ("valid", "same"), "valid")
+        self.strides = as_tuple(config.get("strides", 1), 2)
+        self.dilation = as_tuple(config.get("dilation_rate", 1), 2)
+        self.kernel = weights[0]
+        self.bias = weights[1] if self.use_bias else None
+        self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+
+    def forward(self, x, mask=None):
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        kh, kw, c, m = self.kernel.shape
+        self.check_last_dim(x, c)
+        n, h, w, _ = x.shape
+        ho, pt, pb = _out_and_pads(h, kh, self.strides[0], self.dilation[0], self.padding)
+        wo, pl, pr = _out_and_pads(w, kw, self.strides[1], self.dilation[1], self.padding)
+        xp = pad2d(x, ((pt, pb), (pl, pr)))
+        sh, sw = self.strides
+        dh, dw = self.dilation
+        y = np.zeros((n, ho, wo, c, m))
+        for a in range(kh):
+            for b in range(kw):
+                patch = xp[:, a * dh:a * dh + (ho - 1) * sh + 1:sh, b * dw:b * dw + (wo - 1) * sw + 1:sw, :]
+                y += patch[..., None] * self.kernel[a, b]
+        y = y.reshape(n, ho, wo, c * m)
+        if self.bias is not None:
+            y += self.bias
+        return self.activation(y)
+
+
+def pool2d(x, pool, strides, padding, mode):
+    """Max / average pooling on (N, H, W, C), TF semantics.
+
+    'same' padding: max pads with -inf (pads never win); average divides each
+    window by its number of real (non-pad) cells. Loops over the pool offsets
+    only (ph*pw strided views), never over pixels."""
+    n, h, w, c = x.shape
+    ph, pw = pool
+    sh, sw = strides
+    ho, pt, pb = _out_and_pads(h, ph, sh, 1, padding)
+    wo, pl, pr = _out_and_pads(w, pw, sw, 1, padding)
+    if ho <= 0 or wo <= 0:
+        raise InputError(f"input spatial size {(h, w)} is too small for pool size {pool}")
+    fill = -np.inf if mode == "max" else 0.0
+    xp = pad2d(x, ((pt, pb), (pl, pr)), fill)
+    out = None
+    for a in range(ph):
+        for b in range(pw):
+            v = xp[:, a:a + (ho - 1) * sh + 1:sh, b:b + (wo - 1) * sw + 1:sw, :]
+            if out is None:
+                out = v.copy()
+            elif mode == "max":
+                np.maximum(out, v, out=out)
+            else:
+                out += v
+    if mode == "avg":
+        if pt or pb or pl or pr:
+            # count of real cells per output position (outer product of 1-D counts)
+            def counts(size, k, s, before, nout):
+                starts = np.arange(nout) * s - before
+                return (np.minimum(starts + k, size) - np.maximum(starts, 0)).astype(np.float64)
+            cnt = np.outer(counts(h, ph, sh, pt, ho), counts(w, pw, sw, pl, wo))
+            out /= cnt[None, :, :, None]
+        else:
+            out /= ph * pw
+    return out
+
+
+class Pooling2D(Layer):
+    """MaxPooling2D / AveragePooling2D (channels_last). strides default to pool_size."""
+
+    mode = "max"
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        self.require("data_format", ("channels_last", None), "channels_last")
+        self.padding = self.require("padding", ("valid", "same"), "valid")
+        self.pool = as_tuple(config.get("pool_size", 2), 2)
+        s = config.get("strides")
+        self.strides = self.pool if s is None else as_tuple(s, 2)
+
+    def forward(self, x, mask=None):
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        return pool2d(x, self.pool, self.strides, self.padding, self.mode)
+
+
+class MaxPooling2D(Pooling2D):
+    mode = "max"
+
+
+class AveragePooling2D(Pooling2D):
+    mode = "avg"
+
+
+class Pooling1D(Layer):
+    """MaxPooling1D / AveragePooling1D on (N, L, C) via the 2-D routine with H=1."""
+
+    mode = "max"
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        self.require("data_format", ("channels_last", None), "channels_last")
+        self.padding = self.require("padding", ("valid", "same"), "valid")
+        self.pool = as_tuple(config.get("pool_size", 2), 1)[0]
+        s = config.get("strides")
+        self.stride = self.pool if s is None else as_tuple(s, 1)[0]
+
+    def forward(self, x, mask=None):
+        self.check_rank(x, 3, "sequence batch (N, L, C)")
+        return pool2d(x[:, None], (1, self.pool), (1, self.stride), self.padding, self.mode)[:, 0]
+
+
+class MaxPooling1D(Pooling1D):
+    mode = "max"
+
+
+class AveragePooling1D(Pooling1D):
+    mode = "avg"
+
+
+class GlobalPooling(Layer):
+    """Global{Average,Max}Pooling{1,2}D: reduce all spatial axes; ``keepdims`` option.
+    GlobalAveragePooling1D honours a mask (mean over unmasked steps), like Keras."""
+
+    mode = "avg"
+    rank = 2
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        self.require("data_format", ("channels_last", None), "channels_last")
+        self.keepdims = bool(config.get("keepdims", False))
+
+    def forward(self, x, mask=None):
+        self.check_rank(x, self.rank + 2)
+        axes = tuple(range(1, 1 + self.rank))
+        if self.mode == "max":
+            return x.max(axis=axes, keepdims=self.keepdims)
+        if mask is not None and self.rank == 1:
+            m = mask.astype(np.float64)[..., None]
+            return (x * m).sum(axis=1, keepdims=self.keepdims) / m.sum(axis=1, keepdims=self.keepdims)
+        return x.mean(axis=axes, keepdims=self.keepdims)
+
+
+def _global(mode, rank):
+    return type(f"Global{mode.title()}Pooling{rank}D", (GlobalPooling,), {"mode": mode, "rank": rank})
+
+
+GlobalAveragePooling2D = _global("avg", 2)
+GlobalMaxPooling2D = _global("max", 2)
+GlobalAveragePooling1D = _global("avg", 1)
+GlobalMaxPooling1D = _global("max", 1)
+
+
+class ZeroPadding2D(Layer):
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        self.require("data_format", ("channels_last", None), "channels_last")
+        p = config.get("padding", 1)
+        if isinstance(p, int):
+            p = ((p, p), (p, p))
+        elif isinstance(p[0], int):
+            p = ((p[0], p[0]), (p[1], p[1]))
+        self.pads = tuple(tuple(int(v) for v in q) for q in p)
+
+    def forward(self, x, mask=None):
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        return pad2d(x, self.pads)

@@ -1,0 +1,21 @@
+"""Exception hierarchy of scratch_layers.
+
+Everything raised on purpose by this package derives from :class:`ScratchError`
+(itself a ``ValueError``, so generic ``except ValueError`` handlers keep working).
+"""
+
+
+class ScratchError(ValueError):
+    """Base class of all errors raised by scratch_layers."""
+
+
+class ModelFileError(ScratchError):
+    """The model file is missing, truncated, corrupt or not a Keras model file."""
+
+
+class UnsupportedLayerError(ScratchError, NotImplementedError):
+    """A layer class, a layer option or a model topology is not supported."""
+
+
+class InputError(ScratchError):
+    """The array passed to ``predict`` does not fit the model (shape, dtype, values)."""

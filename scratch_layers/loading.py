@@ -1,0 +1,301 @@
+"""Reading Keras model files (no TensorFlow, no pickle, no code execution).
+
+* ``.keras`` (Keras 3): a zip with ``config.json`` (architecture), ``model.weights.h5``
+  (variables under ``layers/<snake_case class name>[_k]/.../vars/<i>``, where the
+  name is the layer *class* in snake case with a per-class counter in model order)
+  and ``assets/`` (e.g. TextVectorization vocabularies, ``assets/<same path>/vocabulary.txt``).
+* legacy ``.h5`` (``model.save("x.h5")``): root attr ``model_config`` (JSON) and a
+  ``model_weights`` group with one sub-group per layer *name* whose attr
+  ``weight_names`` lists its datasets in Keras weight order.
+"""
+import io
+import json
+import os
+import re
+import zipfile
+
+import h5py
+import numpy as np
+
+from .core import InputLayer
+from .errors import ModelFileError, UnsupportedLayerError
+from .model import Model
+from .registry import REFUSED, REGISTRY
+from .text import TextVectorization, parse_vocabulary_file
+
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
+def to_snake_case(name):
+    """Same as keras/src/utils/naming.py::to_snake_case."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    name = re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+    return name
+
+
+def _is_op(entry):
+    """Functional configs contain nodes for keras.ops calls (e.g. the NotEqual that
+    computes an Embedding mask): they are not layers and own no weights."""
+    return str(entry.get("module") or "").startswith("keras.src.ops")
+
+
+def _tensor_refs(obj):
+    """All keras_history refs of __keras_tensor__ entries in a nested args structure."""
+    refs = []
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            refs.append(obj["config"]["keras_history"][0])
+        else:
+            for v in obj.values():
+                refs.extend(_tensor_refs(v))
+    elif isinstance(obj, list):
+        for v in obj:
+            refs.extend(_tensor_refs(v))
+    return refs
+
+
+def _linear_chain(model_cfg):
+    """Return the ordered list of layer entries of a Sequential/Functional config."""
+    cls = model_cfg.get("class_name")
+    cfg = model_cfg.get("config") or {}
+    entries = cfg.get("layers")
+    if not isinstance(entries, list):
+        raise ModelFileError(f"model config of class '{cls}' has no 'layers' list")
+    if cls == "Sequential":
+        if not entries or entries[0].get("class_name") != "InputLayer":
+            shape = cfg.get("build_input_shape")
+            entries = [{"class_name": "InputLayer",
+                        "config": {"name": "input", "batch_shape": shape}}] + entries
+        return entries
+    if cls not in ("Functional", "Model"):
+        raise UnsupportedLayerError(f"top-level model class '{cls}' is not supported "
+                                    "(only Sequential and Functional models)")
+    ins, outs = cfg.get("input_layers"), cfg.get("output_layers")
+    if ins and isinstance(ins[0], list) and len(ins) > 1:
+        raise UnsupportedLayerError(f"model has {len(ins)} inputs; only single-input linear "
+                                    "chains are supported")
+    if outs and isinstance(outs[0], list) and len(outs) > 1:
+        raise UnsupportedLayerError(f"model has {len(outs)} outputs; only single-output linear "
+                                    "chains are supported")
+    out_name = outs[0] if isinstance(outs[0], str) else outs[0][0]
+    by_name = {e.get("name", e.get("config", {}).get("name")): e for e in entries}
+    chain = []
+    name = out_name
+    seen = set()
+    while True:
+        e = by_name.get(name)
+        if e is None:
+            raise ModelFileError(f"functional config references unknown layer '{name}'")
+        if name in seen:
+            raise ModelFileError(f"cycle in functional config at layer '{name}'")
+        seen.add(name)
+        chain.append(e)
+        if e.get("class_name") == "InputLayer":
+            break
+        nodes = e.get("inbound_nodes") or []
+        if len(nodes) != 1:
+            raise UnsupportedLayerError(
+                f"layer '{name}' ({e.get('class_name')}) is called {len(nodes)} times; only "
+                "linear chains (each layer used once) are supported")
+        node = nodes[0]
+        args = node.get("args", []) if isinstance(node, dict) else node
+        kwargs = node.get("kwargs", {}) if isinstance(node, dict) else {}
+        if isinstance(node, list):  # legacy format [[name, node_idx, tensor_idx, kwargs], ...]
+            refs = [n[0] for n in node]
+        else:
+            refs = _tensor_refs(args)
+            extra = [k for k, v in kwargs.items() if k != "mask" and _tensor_refs(v)]
+            if extra:
+                raise UnsupportedLayerError(f"layer '{name}' receives tensors through {extra}; "
+                                            "only linear chains are supported")
+        if len(refs) != 1:
+            raise UnsupportedLayerError(
+                f"non-linear graph: layer '{name}' ({e.get('class_name')}) has {len(refs)} "
+                f"input tensors (e.g. Add/Concatenate/multi-input); only linear chains are supported")
+        if _is_op(e):
+            raise UnsupportedLayerError(f"model applies the operation '{e.get('class_name')}' "
+                                        f"('{name}') on its main path; only layers are supported")
+        name = refs[0]
+    chain.reverse()
+    return chain
+
+
+def _weight_paths(entries):
+    """Path of each layer in model.weights.h5: snake_case(class) + per-class counter,
+    counted over the model's layers in config order (ops excluded)."""
+    used, paths = {}, {}
+    for e in entries:
+        if _is_op(e):
+            continue
+        base = to_snake_case(e.get("class_name", ""))
+        if base in used:
+            used[base] += 1
+            base = f"{base}_{used[base]}"
+        else:
+            used[base] = 0
+        paths[id(e)] = base
+    return paths
+
+
+def _collect_vars(group):
+    """Variables of a layer group in Keras order: own vars, then sub-objects
+    (forward_layer before backward_layer, then the rest alphabetically)."""
+    out = []
+    if "vars" in group:
+        v = group["vars"]
+        out.extend(np.asarray(v[k], dtype=np.float64) for k in sorted(v.keys(), key=int))
+    keys = [k for k in group.keys() if k != "vars"]
+    pri = {"forward_layer": 0, "backward_layer": 1, "cell": 2}
+    for k in sorted(keys, key=lambda k: (pri.get(k, 9), k)):
+        if isinstance(group[k], h5py.Group):
+            out.extend(_collect_vars(group[k]))
+    return out
+
+
+def _build_layer(entry, weights, vocabulary=None):
+    cls = entry.get("class_name")
+    cfg = entry.get("config") or {}
+    name = cfg.get("name", entry.get("name", "?"))
+    if cls in REFUSED:
+        raise UnsupportedLayerError(f"layer '{name}' of class {cls}: {REFUSED[cls]}")
+    if cls in _MODEL_CLASSES:
+        raise UnsupportedLayerError(f"layer '{name}' is a nested {cls} model; nested models are "
+                                    "not supported (flatten it into one model)")
+    ctor = REGISTRY.get(cls)
+    if ctor is None:
+        raise UnsupportedLayerError(f"layer '{name}': unsupported layer class '{cls}'. "
+                                    f"Supported: {', '.join(sorted(REGISTRY))}")
+    if ctor is TextVectorization:
+        return ctor(cfg, weights, cls, vocabulary=vocabulary)
+    return ctor(cfg, weights, cls)
+
+
+def _assemble(model_cfg, get_weights, get_vocab):
+    if not isinstance(model_cfg, dict) or "class_name" not in model_cfg:
+        raise ModelFileError("model config is not a Keras model config (no class_name)")
+    if model_cfg["class_name"] not in _MODEL_CLASSES:
+        # a bare layer saved as a model is not a model
+        raise UnsupportedLayerError(f"top-level object is a '{model_cfg['class_name']}', "
+                                    "not a Sequential/Functional model")
+    cfg = model_cfg.get("config") or {}
+    all_entries = cfg.get("layers") or []
+    chain = _linear_chain(model_cfg)
+    paths = _weight_paths(all_entries if model_cfg["class_name"] != "Sequential" else chain)
+    input_layer, layers = None, []
+    for e in chain:
+        path = paths.get(id(e))
+        weights = get_weights(e, path)
+        vocab = get_vocab(e, path) if e.get("class_name") == "TextVectorization" else None
+        layer = _build_layer(e, weights, vocab)
+        if isinstance(layer, InputLayer):
+            input_layer = layer
+        else:
+            layers.append(layer)
+    return Model(cfg.get("name", "model"), input_layer, layers)
+
+
+def _load_keras_zip(path):
+    try:
+        zf = zipfile.ZipFile(path)
+        names = set(zf.namelist())
+        if "config.json" not in names:
+            raise ModelFileError(f"{path}: not a Keras 3 .keras archive (no config.json)")
+        model_cfg = json.loads(zf.read("config.json").decode("utf-8"))
+        if "model.weights.h5" not in names:
+            raise ModelFileError(f"{path}: archive has no model.weights.h5 (only the h5 "
+                                 "weights format is supported)")
+        wbytes = zf.read("model.weights.h5")
+        assets = {n: zf.read(n) for n in names if n.startswith("assets/") and not n.endswith("/")}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError,
+            UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: corrupt or truncated .keras file ({type(e).__name__}: {e})") from None
+    try:
+        h5 = h5py.File(io.BytesIO(wbytes), "r")
+    except OSError as e:
+        raise ModelFileError(f"{path}: model.weights.h5 inside the archive is corrupt ({e})") from None
+
+    def get_weights(entry, p):
+        if p is None:
+            return []
+        grp = h5.get(f"layers/{p}")
+        if grp is None:
+            return []
+        try:
+            return _collect_vars(grp)
+        except (OSError, KeyError, ValueError) as e:
+            raise ModelFileError(f"{path}: cannot read weights of layer path '{p}' ({e})") from None
+
+    def get_vocab(entry, p):
+        for cand in (f"assets/layers/{p}/vocabulary.txt",
+                     f"assets/layers/{p}/_lookup_layer/vocabulary.txt"):
+            if cand in assets:
+                return parse_vocabulary_file(assets[cand])
+        return None
+
+    with h5:
+        return _assemble(model_cfg, get_weights, get_vocab)
+
+
+def _attr_list(group, name):
+    """h5 attribute list, possibly chunked as name0, name1, ... (Keras legacy format)."""
+    if name in group.attrs:
+        vals = list(group.attrs[name])
+    else:
+        vals, i = [], 0
+        while f"{name}{i}" in group.attrs:
+            vals.extend(group.attrs[f"{name}{i}"])
+            i += 1
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in vals]
+
+
+def _load_legacy_h5(path):
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ModelFileError(f"{path}: corrupt or truncated HDF5 file ({e})") from None
+    with f:
+        if "model_config" not in f.attrs:
+            raise ModelFileError(f"{path}: HDF5 file has no 'model_config' attribute (a weights-only "
+                                 "file?); save the full model with model.save()")
+        raw = f.attrs["model_config"]
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
+        try:
+            model_cfg = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ModelFileError(f"{path}: model_config is not valid JSON ({e})") from None
+        mw = f.get("model_weights")
+        if mw is None:
+            raise ModelFileError(f"{path}: no 'model_weights' group")
+
+        def get_weights(entry, p):
+            name = (entry.get("config") or {}).get("name", entry.get("name"))
+            grp = mw.get(name)
+            if grp is None:
+                return []
+            try:
+                return [np.asarray(grp[w], dtype=np.float64) for w in _attr_list(grp, "weight_names")]
+            except (OSError, KeyError, ValueError) as e:
+                raise ModelFileError(f"{path}: cannot read weights of layer '{name}' ({e})") from None
+
+        return _assemble(model_cfg, get_weights, lambda e, p: None)
+
+
+def load_model(path):
+    """Load a Keras 3 ``.keras`` file or a legacy full-model ``.h5`` file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFileError(f"model file not found: {path}")
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path} is a directory (a TF SavedModel?); expected a .keras or .h5 file")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head[:4] == b"PK\x03\x04" or zipfile.is_zipfile(path):
+        return _load_keras_zip(path)
+    if head == b"\x89HDF\r\n\x1a\n":
+        return _load_legacy_h5(path)
+    if len(head) == 0:
+        raise ModelFileError(f"{path}: file is empty")
+    raise ModelFileError(f"{path}: not a Keras model file (expected a .keras zip archive or a "
+                         "legacy .h5 HDF5 file)")

@@ -1,0 +1,156 @@
+"""The :class:`Model` (a linear chain of layers) and comparison helpers."""
+from collections import OrderedDict
+
+import numpy as np
+
+from .core import Embedding, InputLayer
+from .conv import Conv2D, DepthwiseConv2D
+from .errors import InputError
+from .text import TextVectorization
+
+# Working-set budget per chunk, in bytes: keeps memory bounded and the im2col
+# buffers reasonably cache/TLB friendly.
+CHUNK_BUDGET_BYTES = 48 * 2 ** 20
+MAX_CHUNK = 4096
+
+
+class Model:
+    """Inference-only model: ``input_layer`` followed by ``layers`` applied in order.
+
+    Each layer maps ``(x, mask) -> y`` via ``layer.forward(x, mask)`` and
+    ``layer.compute_mask(x, mask)`` gives the mask passed to the next layer."""
+
+    def __init__(self, name, input_layer, layers):
+        self.name = name
+        self.input_layer = input_layer
+        self.layers = list(layers)
+        self._chunk = None
+        first = self.layers[0] if self.layers else None
+        if isinstance(first, TextVectorization):
+            self.input_kind = "string"
+        elif isinstance(first, Embedding):
+            self.input_kind = "int"
+        else:
+            self.input_kind = "float"
+
+    def __repr__(self):
+        return f"<scratch_layers.Model '{self.name}': " + " -> ".join(
+            l.class_name for l in self.layers) + ">"
+
+    def summary(self):
+        return "\n".join(f"{l.name:30s} {l.class_name}" for l in self.layers)
+
+    # ------------------------------------------------------------------ input
+    def _prepare(self, x, allow_nonfinite=False):
+        if self.input_kind == "string":
+            return np.asarray(TextVectorization.as_strings(x), dtype=object)
+        try:
+            arr = np.asarray(x)
+        except ValueError as e:  # ragged nested lists
+            raise InputError(f"input could not be converted to an array ({e}); "
+                             "pass a rectangular numeric array") from None
+        shape = self.input_layer.batch_shape if self.input_layer else None
+        if shape is not None:
+            if arr.ndim != len(shape):
+                hint = ""
+                if arr.ndim == len(shape) - 1:
+                    hint = " (a single sample? add a batch axis: x[None])"
+                raise InputError(f"model '{self.name}' expects input of rank {len(shape)} "
+                                 f"with shape (batch, {', '.join(str(s) for s in shape[1:])}), "
+                                 f"got shape {arr.shape}{hint}")
+            for i, (want, got) in enumerate(zip(shape[1:], arr.shape[1:]), start=1):
+                if want is not None and want != got:
+                    what = "channels" if (i == len(shape) - 1 and arr.ndim == 4) else f"axis {i}"
+                    raise InputError(f"model '{self.name}' expects input shape (batch, "
+                                     f"{', '.join(str(s) for s in shape[1:])}); got {arr.shape} "
+                                     f"(wrong {what}: expected {want}, got {got})")
+        if self.input_kind == "int":
+            return arr  # id checks (dtype, range) are done by the Embedding layer
+        if arr.dtype.kind not in "fiub":
+            raise InputError(f"model '{self.name}' expects a numeric float array, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64, copy=False)
+        if not allow_nonfinite and arr.size and not np.isfinite(arr).all():
+            bad = np.argwhere(~np.isfinite(arr))[0]
+            raise InputError(f"input contains NaN/inf (first at index {tuple(bad)}); clean the "
+                             "data or call predict(..., allow_nonfinite=True) to propagate it")
+        return arr
+
+    def _chunk_size(self, x):
+        """Pick a chunk so one chunk's largest activation (incl. im2col) fits the budget."""
+        if self._chunk is None:
+            per = 1
+            h, mask = x[:1], None
+            for layer in self.layers:
+                y = layer.forward(h, mask)
+                mask = layer.compute_mask(h, mask)
+                size = np.asarray(y).size
+                if isinstance(layer, (Conv2D, DepthwiseConv2D)):
+                    k = layer.kernel
+                    size += size // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
+                per = max(per, size, np.asarray(h).size)
+                h = y
+            self._chunk = int(max(1, min(MAX_CHUNK, CHUNK_BUDGET_BYTES // (8 * per))))
+        return self._chunk
+
+    # -------------------------------------------------------------- inference
+    def _run(self, x, collect=False):
+        outs = OrderedDict() if collect else None
+        mask = None
+        for layer in self.layers:
+            y = layer.forward(x, mask)
+            mask = layer.compute_mask(x, mask)
+            x = y
+            if collect:
+                outs[layer.name] = np.asarray(x)
+        return outs if collect else x
+
+    def predict(self, x, batch_size=None, allow_nonfinite=False):
+        """Forward pass; same shape/meaning as ``keras_model.predict(x)``, float64.
+
+        ``batch_size`` only sets the internal chunk size (results do not depend on it).
+        Non-finite float input raises InputError unless ``allow_nonfinite=True``."""
+        x = self._prepare(x, allow_nonfinite)
+        n = len(x)
+        if n == 0:
+            return np.asarray(self._run(x), dtype=np.float64)
+        chunk = int(batch_size) if batch_size else self._chunk_size(x)
+        if chunk <= 0:
+            raise InputError(f"batch_size must be positive, got {batch_size}")
+        if n <= chunk:
+            return np.asarray(self._run(x), dtype=np.float64)
+        first = np.asarray(self._run(x[:chunk]), dtype=np.float64)
+        out = np.empty((n,) + first.shape[1:], dtype=np.float64)
+        out[:chunk] = first
+        for s in range(chunk, n, chunk):
+            out[s:s + chunk] = self._run(x[s:s + chunk])
+        return out
+
+    def predict_classes(self, x, batch_size=None):
+        """argmax over the last axis of ``predict(x)``."""
+        return np.argmax(self.predict(x, batch_size), axis=-1)
+
+    def intermediate_outputs(self, x, allow_nonfinite=False):
+        """OrderedDict layer name -> output of that layer for the whole batch
+        (no chunking; use on small batches)."""
+        return self._run(self._prepare(x, allow_nonfinite), collect=True)
+
+
+def first_divergence(scratch_outputs, keras_outputs, atol=1e-5, rtol=1e-5):
+    """Walk layers in order (the order of ``scratch_outputs``) and return
+    ``(layer_name, max_abs_diff)`` of the first layer whose outputs are not
+    ``np.allclose(scratch, keras, atol, rtol)``. Layers missing from
+    ``keras_outputs`` are skipped; a shape mismatch counts as divergence (diff inf).
+    If nothing diverges returns ``(None, worst max_abs_diff seen)``."""
+    worst = 0.0
+    for name, s in scratch_outputs.items():
+        if name not in keras_outputs:
+            continue
+        s = np.asarray(s, dtype=np.float64)
+        k = np.asarray(keras_outputs[name], dtype=np.float64)
+        if s.shape != k.shape:
+            return name, float("inf")
+        diff = float(np.max(np.abs(s - k))) if s.size else 0.0
+        if not np.allclose(s, k, atol=atol, rtol=rtol, equal_nan=True):
+            return name, diff
+        worst = max(worst, diff)
+    return None, worst

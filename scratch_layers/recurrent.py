@@ -1,0 +1,282 @@
+"""Recurrent layers: SimpleRNN, LSTM, GRU and the Bidirectional wrapper.
+
+Design: every layer first computes the input projection ``x @ kernel (+ bias)``
+for all timesteps in ONE matmul (time-major, shape (T, N, G)). A cell *step
+function* then advances the state by one timestep from that projection, and ONE
+generic :func:`masked_scan` loops over time for all cell types. Bidirectional
+simply runs two scans.
+
+Masking follows ``keras/src/backend/tensorflow/rnn.py`` (the while-loop path):
+at a masked step the state is carried over unchanged, and the output is either
+the previous output (``zero_output_for_mask=False``, the default of a plain RNN
+layer) or zeros (``zero_output_for_mask=True``, which Bidirectional forces when
+``return_sequences=True``). The previous output before the first step is zeros,
+so a row that is entirely padding outputs zeros. The last output of the layer is
+the (masked) output of the last processed step.
+"""
+import numpy as np
+
+from . import activations
+from .base import Layer
+from .errors import InputError, ModelFileError
+
+
+# ---------------------------------------------------------------------------
+# cell step functions: (xp_t, states, cell) -> (output, new_states)
+# xp_t is the precomputed input projection of one timestep, shape (N, G).
+# ---------------------------------------------------------------------------
+
+def simple_rnn_step(xp_t, states, cell):
+    """h_t = act(x_t W + b + h_{t-1} U); output = new state = h_t."""
+    h = cell.act(xp_t + states[0] @ cell.recurrent_kernel)
+    return h, (h,)
+
+
+def lstm_step(xp_t, states, cell):
+    """Gates in Keras order i, f, c, o:
+    z = x_t W + b + h_{t-1} U;  i = ract(z_i), f = ract(z_f), o = ract(z_o)
+    c_t = f * c_{t-1} + i * act(z_c);  h_t = o * act(c_t);  output = h_t."""
+    h_prev, c_prev = states
+    u = cell.units
+    z = xp_t + h_prev @ cell.recurrent_kernel
+    i = cell.ract(z[:, :u])
+    f = cell.ract(z[:, u:2 * u])
+    g = cell.act(z[:, 2 * u:3 * u])
+    o = cell.ract(z[:, 3 * u:])
+    c = f * c_prev + i * g
+    h = o * cell.act(c)
+    return h, (h, c)
+
+
+def gru_step(xp_t, states, cell):
+    """Gates in Keras order z (update), r (reset), h (candidate):
+    reset_after=True  (Keras 3 default, bias (2, 3u) = input / recurrent bias):
+        m = h_{t-1} U + b_rec;  z = ract(x_z + m_z);  r = ract(x_r + m_r)
+        hh = act(x_h + r * m_h)
+    reset_after=False (bias (3u,), all in the input projection):
+        z = ract(x_z + h U_z);  r = ract(x_r + h U_r);  hh = act(x_h + (r * h) U_h)
+    h_t = z * h_{t-1} + (1 - z) * hh;  output = h_t."""
+    h_prev = states[0]
+    u = cell.units
+    if cell.reset_after:
+        m = h_prev @ cell.recurrent_kernel
+        if cell.recurrent_bias is not None:
+            m += cell.recurrent_bias
+        z = cell.ract(xp_t[:, :u] + m[:, :u])
+        r = cell.ract(xp_t[:, u:2 * u] + m[:, u:2 * u])
+        hh = cell.act(xp_t[:, 2 * u:] + r * m[:, 2 * u:])
+    else:
+        m = h_prev @ cell.recurrent_kernel[:, :2 * u]
+        z = cell.ract(xp_t[:, :u] + m[:, :u])
+        r = cell.ract(xp_t[:, u:2 * u] + m[:, u:])
+        hh = cell.act(xp_t[:, 2 * u:] + (r * h_prev) @ cell.recurrent_kernel[:, 2 * u:])
+    h = z * h_prev + (1.0 - z) * hh
+    return h, (h,)
+
+
+def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
+                return_sequences=False, zero_output_for_mask=False):
+    """Run ``step`` over time, exactly like Keras' ``backend.rnn``.
+
+    xp: (T, N, G) time-major input projections; mask: (N, T) bool or None.
+    Returns (N, T, units) outputs in *processing order* (reversed when
+    ``go_backwards``, as Keras) if ``return_sequences``, else the last output (N, units).
+    For each processed step t with mask m_t:
+        out_t   = m_t ? step_output : (0 if zero_output_for_mask else out_{t-1})
+        state_t = m_t ? step_state  : state_{t-1}
+    with out_{-1} = 0.
+    """
+    T, N = xp.shape[0], xp.shape[1]
+    states = tuple(init_states)
+    prev = np.zeros((N, cell.units))
+    outs = np.empty((T, N, cell.units)) if return_sequences else None
+    order = range(T - 1, -1, -1) if go_backwards else range(T)
+    zeros = prev
+    for k, t in enumerate(order):
+        if mask is None:
+            out, states = step(xp[t], states, cell)
+        else:
+            m = mask[:, t]
+            if m.all():  # fast path: no row masked at this step
+                out, states = step(xp[t], states, cell)
+            elif not m.any():  # every row masked: nothing changes (except zero outputs)
+                out = zeros if zero_output_for_mask else prev
+            else:
+                new_out, new_states = step(xp[t], states, cell)
+                mc = m[:, None]
+                out = np.where(mc, new_out, zeros if zero_output_for_mask else prev)
+                states = tuple(np.where(mc, ns, s) for ns, s in zip(new_states, states))
+        prev = out
+        if outs is not None:
+            outs[k] = out
+    if outs is not None:
+        return outs.transpose(1, 0, 2)
+    return prev
+
+
+class RNNBase(Layer):
+    """Shared config handling and forward pass for SimpleRNN / LSTM / GRU.
+
+    ``forward(x, mask)``: x (N, T, D) float; mask (N, T) bool or None.
+    Returns (N, T, units) if ``return_sequences`` else (N, units)."""
+
+    supports_masking = True
+    gates = 1
+    step = None
+
+    def __init__(self, config, weights, class_name=None):
+        self.use_bias = config.get("use_bias", True)
+        self.n_weights = 3 if self.use_bias else 2
+        super().__init__(config, weights, class_name)
+        self.units = int(config["units"])
+        self.return_sequences = bool(config.get("return_sequences", False))
+        self.go_backwards = bool(config.get("go_backwards", False))
+        self.zero_output_for_mask = bool(config.get("zero_output_for_mask", False))
+        for opt in ("return_state", "stateful"):
+            if config.get(opt):
+                raise self.unsupported(opt, True, "only stateless single-output RNNs are supported")
+        if self.go_backwards and config.get("unroll") and self.zero_output_for_mask:
+            # Keras' unrolled path applies the un-reversed mask here (differs from while-loop path)
+            raise self.unsupported("unroll+go_backwards+zero_output_for_mask", True)
+        where = f"{self.class_name} '{self.name}'"
+        self.act = activations.get(config.get("activation", "tanh"), where)
+        self.ract = activations.get(config.get("recurrent_activation", "sigmoid"), where)
+        if self.act is activations.sigmoid:
+            self.act = _fast_sigmoid
+        if self.ract is activations.sigmoid:
+            self.ract = _fast_sigmoid
+        self.kernel = weights[0]
+        self.recurrent_kernel = np.ascontiguousarray(weights[1])
+        self.input_bias = None
+        self.recurrent_bias = None
+        if self.use_bias:
+            self._split_bias(weights[2])
+        g = self.gates * self.units
+        if self.kernel.shape[1] != g or self.recurrent_kernel.shape != (self.units, g):
+            raise ModelFileError(f"{where}: weight shapes {self.kernel.shape}, "
+                             f"{self.recurrent_kernel.shape} do not match units={self.units}")
+
+    def _split_bias(self, bias):
+        self.input_bias = bias
+
+    def n_states(self):
+        return 1
+
+    def project(self, x):
+        """Input projection for all timesteps at once, time-major (T, N, G)."""
+        xt = np.ascontiguousarray(x.transpose(1, 0, 2))
+        xp = np.matmul(xt, self.kernel)
+        if self.input_bias is not None:
+            xp += self.input_bias
+        return xp
+
+    def forward(self, x, mask=None, zero_output_for_mask=None):
+        self.check_rank(x, 3, "sequence batch (N, T, features)")
+        self.check_last_dim(x, self.kernel.shape[0])
+        if mask is not None and mask.all():
+            mask = None  # no masked step anywhere: identical result, faster
+        n = x.shape[0]
+        init = tuple(np.zeros((n, self.units)) for _ in range(self.n_states()))
+        zofm = self.zero_output_for_mask if zero_output_for_mask is None else zero_output_for_mask
+        return masked_scan(type(self).step, self, self.project(x), init, mask,
+                           self.go_backwards, self.return_sequences, zofm)
+
+    def compute_mask(self, x, mask):
+        return mask if self.return_sequences else None
+
+
+def _fast_sigmoid(x):
+    """sigmoid(x) = (1 + tanh(x/2)) / 2: one transcendental, stable for all x."""
+    y = np.tanh(x * 0.5)
+    y *= 0.5
+    y += 0.5
+    return y
+
+
+class SimpleRNN(RNNBase):
+    gates = 1
+    step = staticmethod(simple_rnn_step)
+
+
+class LSTM(RNNBase):
+    gates = 4
+    step = staticmethod(lstm_step)
+
+    def n_states(self):
+        return 2
+
+
+class GRU(RNNBase):
+    gates = 3
+    step = staticmethod(gru_step)
+
+    def __init__(self, config, weights, class_name=None):
+        self.reset_after = bool(config.get("reset_after", True))
+        super().__init__(config, weights, class_name)
+
+    def _split_bias(self, bias):
+        if self.reset_after:
+            if bias.ndim != 2 or bias.shape[0] != 2:
+                raise ModelFileError(f"GRU '{self.name}': reset_after=True expects bias of shape "
+                                 f"(2, 3*units), got {bias.shape}")
+            self.input_bias, self.recurrent_bias = bias[0], bias[1]
+        else:
+            self.input_bias = bias
+
+
+RNN_CLASSES = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU}
+
+
+class Bidirectional(Layer):
+    """Bidirectional wrapper: a forward and a backward (go_backwards) copy of the
+    wrapped RNN run on the same input and mask. As in Keras, both copies use
+    ``zero_output_for_mask = return_sequences``; the backward output sequence is
+    flipped back to input order only when ``return_sequences``. Merge modes:
+    concat (default), sum, ave, mul."""
+
+    supports_masking = True
+
+    def __init__(self, config, weights, class_name=None):
+        self.n_weights = len(weights)
+        super().__init__(config, weights, class_name)
+        self.merge_mode = self.require("merge_mode", ("concat", "sum", "ave", "mul"), "concat")
+        fcfg = config["layer"]
+        bcfg = config.get("backward_layer")
+        if bcfg is None:
+            bcfg = {"class_name": fcfg["class_name"], "config": dict(fcfg["config"], go_backwards=True)}
+        half = len(weights) // 2
+        self.forward_layer = build_rnn(fcfg, weights[:half], self.name)
+        self.backward_layer = build_rnn(bcfg, weights[half:], self.name)
+        if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
+            raise self.unsupported("go_backwards", self.backward_layer.go_backwards,
+                                   "forward and backward layers must differ")
+        self.return_sequences = self.forward_layer.return_sequences
+        # Keras forces this in Bidirectional.__init__ (force_zero_output_for_mask)
+        for sub in (self.forward_layer, self.backward_layer):
+            sub.zero_output_for_mask = sub.return_sequences
+
+    def forward(self, x, mask=None):
+        y = self.forward_layer.forward(x, mask)
+        y_rev = self.backward_layer.forward(x, mask)
+        if self.return_sequences:
+            y_rev = y_rev[:, ::-1]
+        if self.merge_mode == "concat":
+            return np.concatenate([y, y_rev], axis=-1)
+        if self.merge_mode == "sum":
+            return y + y_rev
+        if self.merge_mode == "ave":
+            return (y + y_rev) / 2.0
+        return y * y_rev
+
+    def compute_mask(self, x, mask):
+        return mask if self.return_sequences else None
+
+
+def build_rnn(entry, weights, parent):
+    cls_name = entry.get("class_name")
+    if cls_name not in RNN_CLASSES:
+        from .errors import UnsupportedLayerError
+        raise UnsupportedLayerError(
+            f"Bidirectional layer '{parent}': wrapped layer class '{cls_name}' is not "
+            f"supported (supported: {', '.join(RNN_CLASSES)})")
+    return RNN_CLASSES[cls_name](entry["config"], weights, cls_name)

@@ -1,0 +1,123 @@
+"""TextVectorization (output_mode="int") re-implemented without TensorFlow.
+
+Pipeline, as ``keras/src/layers/preprocessing/text_vectorization.py``:
+1. standardize: ``tf.strings.lower`` (ASCII-only: only A-Z are lowercased) and/or
+   removal of the characters matched by Keras' punctuation regex
+   ``[!"#$%&()\\*\\+,-\\./:;<=>?@\\[\\\\\\]^_`{|}~\\']``;
+2. split: "whitespace" = ``tf.strings.split`` (ASCII whitespace
+   `` \\t\\n\\r\\v\\f``, runs collapse, no empty tokens), "character" = Unicode
+   code points, or None (whole string is one token);
+3. lookup: index in the vocabulary (0 = padding/mask token "", 1 = OOV "[UNK]");
+4. truncate / right-pad with 0 to ``output_sequence_length``.
+"""
+import re
+
+import numpy as np
+
+from .base import Layer
+from .errors import InputError, ModelFileError
+
+STRIP_REGEX = re.compile(r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']')
+_WS_SPLIT = re.compile(r"[ \t\n\r\x0b\x0c]+")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def standardize(text, mode):
+    if mode in ("lower", "lower_and_strip_punctuation"):
+        text = text.translate(_ASCII_LOWER)
+    if mode in ("strip_punctuation", "lower_and_strip_punctuation"):
+        text = STRIP_REGEX.sub("", text)
+    return text
+
+
+def split(text, mode):
+    if mode == "whitespace":
+        return [t for t in _WS_SPLIT.split(text) if t]
+    if mode == "character":
+        return list(text)
+    return [text]
+
+
+def parse_vocabulary_file(data):
+    """Same parsing as Keras' IndexLookup.load_assets: splitlines, drop trailing empties."""
+    lines = data.decode("utf-8").splitlines()
+    while lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+class TextVectorization(Layer):
+    """Strings (N,) or (N, 1) -> int64 token ids (N, output_sequence_length).
+
+    Only output_mode="int", ngrams=None, ragged=False and the built-in
+    standardize/split modes are supported; anything else raises
+    UnsupportedLayerError naming the option."""
+
+    def __init__(self, config, weights, class_name=None, vocabulary=None):
+        super().__init__(config, weights, class_name)
+        self.standardize = self.require(
+            "standardize", ("lower_and_strip_punctuation", "lower", "strip_punctuation", None),
+            "lower_and_strip_punctuation")
+        self.split = self.require("split", ("whitespace", "character", None), "whitespace")
+        self.require("ngrams", (None,), None)
+        self.require("output_mode", ("int",), "int")
+        self.require("ragged", (False,), False)
+        self.require("sparse", (False,), False)
+        osl = config.get("output_sequence_length")
+        self.output_sequence_length = None if osl is None else int(osl)
+        vocab = config.get("vocabulary")
+        if isinstance(vocab, str):
+            raise self.unsupported("vocabulary", vocab, "a vocabulary *file path* refers to the "
+                                   "saving machine; save the model after adapt() instead")
+        if vocab is None:
+            vocab = vocabulary
+        if vocab is None:
+            raise ModelFileError(
+                f"TextVectorization layer '{self.name}': no vocabulary found (neither in the "
+                "config nor in the model file's assets/ folder). Legacy .h5 files do not "
+                "store adapted vocabularies: save the model as .keras.")
+        vocab = [str(v) for v in vocab]
+        special = ["", "[UNK]"]  # mask token, OOV token (num_oov_indices=1)
+        if vocab[:2] == special:
+            vocab = vocab[2:]
+        elif vocab[:1] == ["[UNK]"]:
+            vocab = vocab[1:]
+        self.vocabulary = special + vocab
+        self.index = {tok: i for i, tok in reversed(list(enumerate(self.vocabulary)))}
+        if config.get("max_tokens") and len(self.vocabulary) > int(config["max_tokens"]):
+            raise ModelFileError(f"TextVectorization layer '{self.name}': vocabulary has "
+                                 f"{len(self.vocabulary)} entries > max_tokens={config['max_tokens']}")
+
+    @staticmethod
+    def as_strings(x):
+        """Accept list/array of str (or bytes), shape (N,) or (N, 1)."""
+        arr = np.asarray(x, dtype=object) if not isinstance(x, np.ndarray) else x
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise InputError(f"TextVectorization: expected raw strings of shape (N,) or (N, 1), "
+                             f"got shape {arr.shape}")
+        out = []
+        for v in arr.tolist():
+            if isinstance(v, bytes):
+                v = v.decode("utf-8")
+            if not isinstance(v, str):
+                raise InputError("TextVectorization: expected raw strings (str or bytes), got "
+                                 f"{type(v).__name__} {v!r}. Pass the texts, e.g. np.array(list_of_str)")
+            out.append(v)
+        return out
+
+    def tokenize(self, texts):
+        return [split(standardize(t, self.standardize), self.split) for t in texts]
+
+    def forward(self, x, mask=None):
+        toks = self.tokenize(self.as_strings(x))
+        T = self.output_sequence_length
+        if T is None:
+            T = max((len(t) for t in toks), default=0)
+        out = np.zeros((len(toks), T), dtype=np.int64)
+        get = self.index.get
+        for n, t in enumerate(toks):
+            ids = [get(tok, 1) for tok in t[:T]]
+            out[n, :len(ids)] = ids
+        return out
