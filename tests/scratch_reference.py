@@ -1,0 +1,64 @@
+"""Slow, obviously-correct reference implementations (explicit loops) used to
+cross-check the vectorised scratch_layers kernels on small inputs."""
+import math
+
+import numpy as np
+
+
+def same_pads(size, k, s, d=1):
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+    return out, total // 2
+
+
+def conv2d_ref(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1)):
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    sh, sw = strides
+    dh, dw = dilation
+    if padding == "same":
+        ho, pt = same_pads(h, kh, sh, dh)
+        wo, pl = same_pads(w, kw, sw, dw)
+    else:
+        ho = (h - (kh - 1) * dh - 1) // sh + 1
+        wo = (w - (kw - 1) * dw - 1) // sw + 1
+        pt = pl = 0
+    y = np.zeros((n, ho, wo, f))
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                for a in range(kh):
+                    for e in range(kw):
+                        r = i * sh + a * dh - pt
+                        q = j * sw + e * dw - pl
+                        if 0 <= r < h and 0 <= q < w:  # outside = zero padding
+                            for ch in range(c):
+                                for o in range(f):
+                                    y[b, i, j, o] += x[b, r, q, ch] * kernel[a, e, ch, o]
+    return y
+
+
+def pool2d_ref(x, pool, strides, padding, mode):
+    n, h, w, c = x.shape
+    ph, pw = pool
+    sh, sw = strides
+    if padding == "same":
+        ho, pt = same_pads(h, ph, sh)
+        wo, pl = same_pads(w, pw, sw)
+    else:
+        ho = (h - ph) // sh + 1
+        wo = (w - pw) // sw + 1
+        pt = pl = 0
+    y = np.zeros((n, ho, wo, c))
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                for ch in range(c):
+                    vals = []
+                    for a in range(ph):
+                        for e in range(pw):
+                            r, q = i * sh + a - pt, j * sw + e - pl
+                            if 0 <= r < h and 0 <= q < w:  # pads are ignored
+                                vals.append(x[b, r, q, ch])
+                    y[b, i, j, ch] = max(vals) if mode == "max" else sum(vals) / len(vals)
+    return y
