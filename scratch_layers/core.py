@@ -219,7 +219,7 @@ class Flatten(Layer):
             raise self.unsupported("data_format", config.get("data_format"))
 
     def forward(self, x, mask=None):
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # explicit size: works for N=0
 
 
 class Reshape(Layer):

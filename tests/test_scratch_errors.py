@@ -1,0 +1,245 @@
+"""scratch_layers error handling: every failure is a ScratchError subclass with a
+message that says what is wrong and what to do."""
+import json
+import os
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from keras_factories import keras, save_load  # noqa: E402
+
+import scratch_layers  # noqa: E402
+from scratch_layers import InputError, ModelFileError, ScratchError, UnsupportedLayerError  # noqa: E402
+
+pytestmark = pytest.mark.scratch
+
+
+@pytest.fixture(scope="module")
+def cnn_file(tmp_path_factory):
+    k = keras()
+    m = k.Sequential([k.Input((6, 6, 3)), k.layers.Conv2D(2, 3, padding="same"),
+                      k.layers.Flatten(), k.layers.Dense(4, activation="softmax")])
+    path = tmp_path_factory.mktemp("cnn") / "cnn.keras"
+    m.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def rnn_file(tmp_path_factory):
+    k = keras()
+    m = k.Sequential([k.Input((5,), dtype="int32"), k.layers.Embedding(10, 3, mask_zero=True),
+                      k.layers.LSTM(2), k.layers.Dense(3)])
+    path = tmp_path_factory.mktemp("rnn") / "rnn.keras"
+    m.save(path)
+    return str(path)
+
+
+def test_hierarchy():
+    for e in (InputError, ModelFileError, UnsupportedLayerError):
+        assert issubclass(e, ScratchError) and issubclass(e, ValueError)
+
+
+# ------------------------------------------------------------------ bad inputs
+@pytest.mark.parametrize("shape,fragment", [
+    ((6, 6, 3), "add a batch axis"),
+    ((2, 6, 6, 4), "wrong channels: expected 3, got 4"),
+    ((2, 7, 6, 3), "expected 6, got 7"),
+    ((2, 6, 6, 3, 1), "rank 4"),
+], ids=["missing-batch-axis", "wrong-channels", "wrong-height", "wrong-rank"])
+def test_bad_image_shape(cnn_file, shape, fragment):
+    m = scratch_layers.load_model(cnn_file)
+    with pytest.raises(InputError, match="expects") as ei:
+        m.predict(np.zeros(shape, dtype=np.float32))
+    assert fragment in str(ei.value)
+
+
+def test_empty_batch_returns_empty_result(cnn_file, rnn_file):
+    m = scratch_layers.load_model(cnn_file)
+    out = m.predict(np.zeros((0, 6, 6, 3), np.float32))
+    assert out.shape == (0, 4) and out.dtype == np.float64
+    assert scratch_layers.load_model(rnn_file).predict(np.zeros((0, 5), np.int64)).shape == (0, 3)
+
+
+def test_nan_input_is_rejected_unless_allowed(cnn_file):
+    m = scratch_layers.load_model(cnn_file)
+    x = np.zeros((2, 6, 6, 3))
+    x[1, 2, 3, 0] = np.nan
+    with pytest.raises(InputError, match="NaN/inf.*allow_nonfinite"):
+        m.predict(x)
+    out = m.predict(x, allow_nonfinite=True)
+    assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()  # NaN propagates, like Keras
+
+
+def test_string_input_to_image_model(cnn_file):
+    with pytest.raises(InputError, match="numeric"):
+        scratch_layers.load_model(cnn_file).predict(np.full((1, 6, 6, 3), "a"))
+
+
+@pytest.mark.parametrize("ids,fragment", [
+    (np.array([[1, 2, 10, 0, 0]]), "token id 10 out of range [0, 10)"),
+    (np.array([[1, -1, 2, 0, 0]]), "token id -1 out of range"),
+    (np.array([[1.5, 2, 3, 0, 0]]), "must be integers"),
+    (np.array([["a", "b", "c", "d", "e"]]), "integer array"),
+], ids=["too-large", "negative", "non-integral-float", "strings"])
+def test_bad_token_ids(rnn_file, ids, fragment):
+    m = scratch_layers.load_model(rnn_file)
+    with pytest.raises(InputError) as ei:
+        m.predict(ids)
+    assert fragment in str(ei.value) and "Embedding" in str(ei.value)
+
+
+def test_wrong_sequence_length(rnn_file):
+    with pytest.raises(InputError, match="expected 5, got 7"):
+        scratch_layers.load_model(rnn_file).predict(np.ones((2, 7), np.int64))
+
+
+def test_non_string_into_text_model(tmp_path):
+    k = keras()
+    tv = k.layers.TextVectorization(vocabulary=["a", "b"], output_sequence_length=3)
+    inp = k.Input((1,), dtype="string")
+    sm, _ = save_load(k.Model(inp, tv(inp)), tmp_path)
+    with pytest.raises(InputError, match="raw strings"):
+        sm.predict(np.array([1, 2, 3]))
+    with pytest.raises(InputError, match="shape"):
+        sm.predict(np.array([["a", "b"]], dtype=object))
+
+
+# ------------------------------------------------------------------ bad files
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        scratch_layers.load_model(tmp_path / "nope.keras")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(ModelFileError, match="directory"):
+        scratch_layers.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world, not a model", b"PK\x03\x04garbage"],
+                         ids=["empty", "text", "fake-zip"])
+def test_garbage_file(tmp_path, content):
+    p = tmp_path / "bad.keras"
+    p.write_bytes(content)
+    with pytest.raises(ModelFileError):
+        scratch_layers.load_model(p)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_truncated_keras_file(cnn_file, tmp_path, fraction):
+    data = open(cnn_file, "rb").read()
+    p = tmp_path / "trunc.keras"
+    p.write_bytes(data[:int(len(data) * fraction)])
+    with pytest.raises(ModelFileError, match="corrupt|truncated|not a Keras"):
+        scratch_layers.load_model(p)
+
+
+def test_truncated_h5_file(tmp_path):
+    k = keras()
+    m = k.Sequential([k.Input((4,)), k.layers.Dense(3)])
+    m.save(tmp_path / "m.h5")
+    data = (tmp_path / "m.h5").read_bytes()
+    (tmp_path / "t.h5").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ModelFileError):
+        scratch_layers.load_model(tmp_path / "t.h5")
+
+
+def test_weights_only_h5(tmp_path):
+    k = keras()
+    m = k.Sequential([k.Input((4,)), k.layers.Dense(3)])
+    m.save_weights(tmp_path / "w.weights.h5")
+    with pytest.raises(ModelFileError, match="model_config"):
+        scratch_layers.load_model(tmp_path / "w.weights.h5")
+
+
+def _rewrite_config(src, dst, edit):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item == "config.json":
+                cfg = json.loads(data)
+                edit(cfg)
+                data = json.dumps(cfg).encode()
+            zout.writestr(item, data)
+
+
+def test_missing_weights_in_archive(cnn_file, tmp_path):
+    dst = tmp_path / "noweights.keras"
+    with zipfile.ZipFile(cnn_file) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.namelist():
+            if item != "model.weights.h5":
+                zout.writestr(item, zin.read(item))
+    with pytest.raises(ModelFileError, match="model.weights.h5"):
+        scratch_layers.load_model(dst)
+
+
+# ------------------------------------------------------------------ unsupported
+def test_unknown_layer_class(cnn_file, tmp_path):
+    dst = tmp_path / "unknown.keras"
+    _rewrite_config(cnn_file, dst, lambda c: c["config"]["layers"][2].update(class_name="FancyLayer"))
+    with pytest.raises(UnsupportedLayerError, match="unsupported layer class 'FancyLayer'"):
+        scratch_layers.load_model(dst)
+
+
+def test_unsupported_option_is_named(cnn_file, tmp_path):
+    dst = tmp_path / "cf.keras"
+    _rewrite_config(cnn_file, dst,
+                    lambda c: c["config"]["layers"][1]["config"].update(data_format="channels_first"))
+    with pytest.raises(UnsupportedLayerError, match="Conv2D.*data_format='channels_first'"):
+        scratch_layers.load_model(dst)
+
+
+def test_unknown_activation(cnn_file, tmp_path):
+    dst = tmp_path / "act.keras"
+    _rewrite_config(cnn_file, dst, lambda c: c["config"]["layers"][3]["config"].update(activation="zap"))
+    with pytest.raises(UnsupportedLayerError, match="unsupported activation 'zap'"):
+        scratch_layers.load_model(dst)
+
+
+def test_lambda_layer_refused(tmp_path):
+    k = keras()
+    m = k.Sequential([k.Input((4,)), k.layers.Lambda(lambda x: x * 2), k.layers.Dense(2)])
+    m.save(tmp_path / "lam.keras")
+    with pytest.raises(UnsupportedLayerError, match="Lambda.*never executes code"):
+        scratch_layers.load_model(tmp_path / "lam.keras")
+
+
+def test_non_linear_graph(tmp_path):
+    k = keras()
+    inp = k.Input((4,))
+    a, b = k.layers.Dense(3)(inp), k.layers.Dense(3)(inp)
+    m = k.Model(inp, k.layers.Add()([a, b]))
+    m.save(tmp_path / "add.keras")
+    with pytest.raises(UnsupportedLayerError, match="non-linear graph.*'add'.*2 input tensors"):
+        scratch_layers.load_model(tmp_path / "add.keras")
+
+
+def test_multi_input_model(tmp_path):
+    k = keras()
+    i1, i2 = k.Input((4,)), k.Input((4,))
+    m = k.Model([i1, i2], k.layers.Concatenate()([i1, i2]))
+    m.save(tmp_path / "two.keras")
+    with pytest.raises(UnsupportedLayerError, match="2 inputs"):
+        scratch_layers.load_model(tmp_path / "two.keras")
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    (dict(return_state=True), "return_state"),
+    (dict(stateful=True), "stateful"),
+], ids=["return_state", "stateful"])
+def test_unsupported_rnn_options(rnn_file, tmp_path, kw, fragment):
+    dst = tmp_path / "r.keras"
+    _rewrite_config(rnn_file, dst, lambda c: c["config"]["layers"][2]["config"].update(**kw))
+    with pytest.raises(UnsupportedLayerError, match=f"LSTM.*{fragment}"):
+        scratch_layers.load_model(dst)
+
+
+def test_unsupported_text_vectorization_option(tmp_path):
+    k = keras()
+    tv = k.layers.TextVectorization(vocabulary=["a", "b"], ngrams=2, output_sequence_length=3)
+    inp = k.Input((1,), dtype="string")
+    k.Model(inp, tv(inp)).save(tmp_path / "ng.keras")
+    with pytest.raises(UnsupportedLayerError, match="TextVectorization.*ngrams=2"):
+        scratch_layers.load_model(tmp_path / "ng.keras")
