@@ -77,12 +77,13 @@ class ModelCache:
         return Entry(path, meta)
 
     def get_or_build(self, name: str, key: str, build: Callable[[Path], dict],
-                     force: bool = False) -> tuple[Entry, bool]:
+                     force: bool = False, stale_before: float | None = None) -> tuple[Entry, bool]:
         """Return ``(entry, cache_hit)``, building the entry under a lock if needed.
 
         ``build(tmp_dir)`` must write ``tmp_dir/model.keras`` and return the metadata.
         Concurrent callers (pytest-xdist workers) wait on the lock; the second one
-        finds the first one's entry and does not build again.
+        finds the first one's entry and does not build again.  ``force`` rebuilds
+        unconditionally; ``stale_before`` rebuilds entries created before that time.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / f"{name}.lock")):
@@ -92,7 +93,7 @@ class ModelCache:
                 except CorruptEntry as exc:
                     print(f"[scratchnet] cache entry rejected, rebuilding: {exc}", file=sys.stderr)
                     entry = None
-                if entry is not None:
+                if entry is not None and not (stale_before and entry.meta.get("created", 0) < stale_before):
                     return entry, True
             tmp = self.root / f".{name}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)

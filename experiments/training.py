@@ -118,12 +118,16 @@ def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, 
             "split_sizes": splits.sizes(), "epochs": len(hist["loss"]),
             "best_epoch": (val_loss.index(min(val_loss)) + 1) if val_loss else None,
             "history": hist, "train_seconds": round(seconds, 2), "params": int(model.count_params()),
-            "keras_version": keras.__version__}
+            "keras_version": keras.__version__, "created": time.time()}
 
 
 def get_trained(family: Family, config: dict, profile: str, *, retrain: bool = False,
-                allow_train: bool = True) -> TrainedModel:
-    """The trained model for ``config``: from the cache, or trained now and cached."""
+                retrain_since: float | None = None, allow_train: bool = True) -> TrainedModel:
+    """The trained model for ``config``: from the cache, or trained now and cached.
+
+    ``retrain`` ignores the cache; ``retrain_since`` (a timestamp) ignores only entries
+    created before it, so parallel workers retrain a shared model once.
+    """
     splits = profile_data(family, profile)
     key = config_key(family, config, profile, splits)
     name = entry_name(family, config, key)
@@ -138,5 +142,5 @@ def get_trained(family: Family, config: dict, profile: str, *, retrain: bool = F
         print(f"[scratchnet] training {name} on {splits.source}", file=sys.stderr, flush=True)
         return train_to(tmp, family, config, profile, splits, name)
 
-    entry, hit = cache.get_or_build(name, key, build, force=retrain)
+    entry, hit = cache.get_or_build(name, key, build, force=retrain, stale_before=retrain_since)
     return TrainedModel(family, config, profile, entry, hit)

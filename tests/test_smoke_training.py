@@ -1,0 +1,50 @@
+"""End to end on real data, smoke profile: train -> cache -> reload without retraining -> verify."""
+import pytest
+
+import scratch_layers
+from experiments.training import CACHE_ENV, get_trained
+from experiments.verify import compare, keras_predict
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    return tmp_path
+
+
+def test_smoke_train_cache_reload_and_verify(family, isolated_cache):
+    first = get_trained(family, family.baseline, "smoke")
+    assert not first.cache_hit
+    assert first.path.is_relative_to(isolated_cache)
+    meta = first.meta
+    assert meta["epochs"] == 1 and meta["seed"] == family.seed and meta["train_seconds"] > 0
+    assert set(meta["history"]) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
+    assert meta["split_sizes"]["train"] <= 300
+
+    second = get_trained(family, family.baseline, "smoke")
+    assert second.cache_hit, "the second run must come from the cache"
+    assert second.path == first.path and second.meta["model_sha256"] == meta["model_sha256"]
+    assert second.meta["created"] == meta["created"]
+
+    splits = family.load_data()
+    kp = keras_predict(second.load_keras(), splits.x_test)
+    sp = scratch_layers.load_model(second.path).predict(splits.x_test)
+    v = compare(kp, sp, splits.y_test, len(splits.class_names))
+    assert v.n_test == len(splits.y_test)
+    assert v.passed, f"max|dp| {v.max_abs_diff:.3g}, agreement {v.agreement:.4f}"
+
+
+def test_retrain_option_trains_again(isolated_cache):
+    from experiments.families import family
+    fam = family("rnn")
+    first = get_trained(fam, fam.baseline, "smoke")
+    again = get_trained(fam, fam.baseline, "smoke", retrain=True)
+    assert not again.cache_hit and again.meta["created"] > first.meta["created"]
+
+
+def test_no_train_reports_missing_model_clearly(isolated_cache):
+    from experiments.families import family
+    from experiments.training import MissingModel
+    fam = family("lstm")
+    with pytest.raises(MissingModel, match="make report"):
+        get_trained(fam, fam.baseline, "smoke", allow_train=False)

@@ -1,0 +1,75 @@
+"""Every study variant: scratch_layers equals Keras on the variant's whole test split.
+
+Models come from the cache of the selected profile (``reports/models`` for ``full``),
+or are trained now.  With ``--no-train`` (CI) a missing model is an error.
+"""
+import numpy as np
+import pytest
+
+import scratch_layers
+from experiments.report import record
+from experiments.verify import ATOL, RTOL, failure_message, layer_divergence
+
+pytestmark = pytest.mark.slow
+
+
+def test_scratch_matches_keras(variant, trained, verification, request):
+    v, keras_model, scratch_model, kp, sp = verification
+    splits = variant.family.load_data()
+    meta = trained.meta
+    record(request, "variant", study=variant.study.name, study_title=variant.study.title,
+           family=variant.family.name, variant=variant.id, label=variant.label, value=variant.value,
+           hyperparameters=variant.config, profile=trained.profile, epochs=meta["epochs"],
+           best_epoch=meta["best_epoch"], history=meta["history"], params=meta["params"],
+           train_seconds=meta["train_seconds"], seed=meta["seed"], model=trained.entry.path.name,
+           data_source=meta["data_source"], split_sizes=meta["split_sizes"],
+           class_names=list(splits.class_names), **v.as_dict())
+    assert v.n_test == len(splits.y_test), "verification must cover the whole test split"
+    assert v.passed, failure_message(variant.id, v, keras_model, scratch_model, splits.x_test, kp, sp)
+    print(f"{variant.id}: max|dp| {v.max_abs_diff:.2e}, agreement {v.agreement:.2%}, "
+          f"macro-F1 {v.keras_f1:.4f}")
+
+
+@pytest.fixture(scope="session")
+def baseline_trained(pytestconfig, family, profile):
+    from experiments.plugin import train_or_load
+    return train_or_load(pytestconfig, family, family.baseline, profile)
+
+
+def test_layer_by_layer(family, baseline_trained, request):
+    """Every intermediate layer output of the family's baseline model matches Keras."""
+    splits = family.load_data()
+    n = 256
+    keras_model = baseline_trained.load_keras()
+    scratch_model = scratch_layers.load_model(baseline_trained.path)
+    rows = layer_divergence(keras_model, scratch_model, splits.x_test[:n])
+    record(request, "layers", family=family.name, model=baseline_trained.entry.path.name,
+           n_items=n, rows=rows)
+    compared = [r for r in rows if r["max_abs_diff"] is not None]
+    assert len(compared) >= len(rows) - 1, f"layers without a comparable Keras output: {rows}"
+    bad = [r for r in compared if not r["allclose"]]
+    assert not bad, f"layers diverging from Keras: {bad}"
+
+
+@pytest.mark.parametrize("family_name", [pytest.param(f, marks=getattr(pytest.mark, f)) for f in ("rnn", "lstm")])
+def test_raw_text_pipeline_matches_keras(pytestconfig, profile, family_name):
+    """Raw NusaX test strings through scratch's TextVectorization+model equal Keras fed the same strings,
+    and the token ids equal Keras' token for token."""
+    import keras
+    from experiments.families import family
+    from experiments.plugin import train_or_load
+
+    fam = family(family_name)
+    tm = train_or_load(pytestconfig, fam, fam.baseline, profile)
+    texts = fam.load_data().x_test
+    keras_model = tm.load_keras()
+    scratch_model = scratch_layers.load_model(tm.path)
+    vec = next(l for l in keras_model.layers if isinstance(l, keras.layers.TextVectorization))
+    keras_ids = np.asarray(vec(texts))
+    scratch_ids = scratch_model.intermediate_outputs(list(texts))[vec.name]
+    assert np.array_equal(scratch_ids, keras_ids), \
+        f"token ids differ on {int((scratch_ids != keras_ids).any(1).sum())} of {len(texts)} texts"
+    kp = keras_model.predict(texts, verbose=0)
+    sp = scratch_model.predict(list(texts))
+    assert np.allclose(sp, kp, atol=ATOL, rtol=RTOL), f"max|dp| {np.abs(sp - kp).max():.3g}"
+    assert (sp.argmax(1) == kp.argmax(1)).all()
