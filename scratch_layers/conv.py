@@ -6,6 +6,7 @@ loop runs kh*kw times, never over pixels or samples) and multiplied with the
 kernel reshaped to ``(kh*kw*C, F)`` in a single BLAS matmul.
 """
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from . import activations
 from .base import Layer, as_tuple, same_padding, valid_out
@@ -53,12 +54,13 @@ def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit
     if kh == 1 and kw == 1 and sh == 1 and sw == 1 and not (pt or pb or pl or pr):
         return np.matmul(x.reshape(-1, c), kernel.reshape(c, f)).reshape(n, ho, wo, f)
     xp = pad2d(x, ((pt, pb), (pl, pr)))
-    cols = np.empty((n, ho, wo, kh, kw, c), dtype=np.float64)
-    for a in range(kh):
-        r0 = a * dh
-        for b in range(kw):
-            c0 = b * dw
-            cols[:, :, :, a, b, :] = xp[:, r0:r0 + (ho - 1) * sh + 1:sh, c0:c0 + (wo - 1) * sw + 1:sw, :]
+    # im2col as ONE strided view (N, Ho, Wo, kh, kw, C) copied into a contiguous
+    # buffer; with dilation 1 the (kw, C) axes are one contiguous run of kw*C
+    # values, which numpy's copy loop coalesces.
+    s0, s1, s2, s3 = xp.strides
+    view = as_strided(xp, (n, ho, wo, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3),
+                      writeable=False)
+    cols = np.ascontiguousarray(view)
     y = np.matmul(cols.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, f))
     return y.reshape(n, ho, wo, f)
 
@@ -300,3 +302,4 @@ class ZeroPadding2D(Layer):
     def forward(self, x, mask=None):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         return pad2d(x, self.pads)
+

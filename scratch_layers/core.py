@@ -229,7 +229,11 @@ class Reshape(Layer):
 
     def forward(self, x, mask=None):
         try:
-            return x.reshape((x.shape[0],) + self.target)
+            target = list(self.target)
+            if -1 in target:  # resolve -1 explicitly so that an empty batch works too
+                known = int(np.prod([t for t in target if t != -1]))
+                target[target.index(-1)] = int(np.prod(x.shape[1:])) // max(known, 1)
+            return x.reshape((x.shape[0],) + tuple(target))
         except ValueError:
             raise InputError(f"Reshape layer '{self.name}': cannot reshape input of shape "
                              f"{x.shape} to (batch,) + {self.target}") from None
