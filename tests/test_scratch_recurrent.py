@@ -72,11 +72,11 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("rnn_variant", list(VARIANTS))
 @pytest.mark.parametrize("cell", CELLS)
-def test_rnn_options(cell, variant, tmp_path, record_property):
+def test_rnn_options(cell, rnn_variant, tmp_path, record_property):
     k = keras()
-    kw = dict(VARIANTS[variant])
+    kw = dict(VARIANTS[rnn_variant])
     if cell == "SimpleRNN":
         kw.pop("recurrent_activation", None)
     m = build(k, [rnn_layer(k, cell, units=4, **kw)])
