@@ -113,21 +113,24 @@ def _figure_html(fig, alt: str) -> str:
 
 
 def loss_figure(title: str, rows: list[dict]) -> str:
+    """Train (left) and validation (right) loss per epoch, one colour per variant."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for i, r in enumerate(rows):
-        color = f"C{i}"
         epochs = range(1, len(r["history"]["loss"]) + 1)
-        ax.plot(epochs, r["history"]["loss"], color=color, marker="o", ms=3, label=f"{r['label']} train")
-        ax.plot(epochs, r["history"]["val_loss"], color=color, ls="--", marker="s", ms=3,
-                label=f"{r['label']} val")
-    ax.set(title=f"{title}: loss per epoch (solid = train, dashed = validation)",
-           xlabel="epoch", ylabel="sparse categorical cross-entropy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+        axes[0].plot(epochs, r["history"]["loss"], color=f"C{i}", marker="o", ms=3, label=r["label"])
+        axes[1].plot(epochs, r["history"]["val_loss"], color=f"C{i}", marker="s", ms=3, label=r["label"])
+    for ax, which in zip(axes, ("training", "validation")):
+        ax.set(title=f"{which} loss", xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("sparse categorical cross-entropy")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
     return _figure_html(fig, f"{title} loss curves")
 
 
@@ -155,7 +158,7 @@ def _table(headers, rows) -> str:
     return f'<table class="scratchnet"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _study_rows(variants: list[dict], study_records: list[dict]) -> list[dict]:
+def _study_rows(study_records: list[dict]) -> list[dict]:
     return [{"label": r["label"], "value": r["value"], "f1": r["keras_f1"],
              "accuracy": r["keras_accuracy"], "n_test": r["n_test"], "history": r["history"],
              "best_val_loss": min(r["history"]["val_loss"])} for r in study_records]
@@ -163,13 +166,13 @@ def _study_rows(variants: list[dict], study_records: list[dict]) -> list[dict]:
 
 def study_section(family, study, recs: list[dict]) -> str:
     recs = sorted(recs, key=lambda r: [repr(v) for v in study.values].index(repr(_tuple(r["value"]))))
-    rows = _study_rows([], recs)
+    rows = _study_rows(recs)
     table = _table(
         ["variant", study.param, "params", "epochs", "train time", "test macro-F1 (Keras)",
-         "test macro-F1 (scratch)", "argmax agreement", "max|Δp|", "best val loss"],
+         "test macro-F1 (scratch)", "classes predicted", "argmax agreement", "max|Δp|", "best val loss"],
         [[html.escape(r["variant"]), html.escape(str(r["value"])), f"{r['params']:,}", r["epochs"],
           f"{r['train_seconds']:.0f} s", f"{r['keras_f1']:.4f}", f"{r['scratch_f1']:.4f}",
-          f"{r['agreement']:.2%}", f"{r['max_abs_diff']:.2e}", f"{min(r['history']['val_loss']):.4f}"]
+          f"{r['predicted_classes']}/{len(r['class_names'])}", f"{r['agreement']:.2%}", f"{r['max_abs_diff']:.2e}", f"{min(r['history']['val_loss']):.4f}"]
          for r in recs])
     return (f'<h3 id="{family.name}-{study.name}">{html.escape(family.title)}: {html.escape(study.title)}</h3>'
             + loss_figure(study.title, rows) + table

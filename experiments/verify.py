@@ -23,6 +23,7 @@ class Verification:
     keras_f1: float
     scratch_f1: float
     keras_accuracy: float
+    predicted_classes: int    # distinct classes Keras predicts; 1 means a collapsed model
     agreement: float          # fraction of items with the same argmax
     max_abs_diff: float       # max |p_scratch - p_keras| over all items and classes
     allclose: bool
@@ -56,6 +57,7 @@ def compare(keras_probs: np.ndarray, scratch_probs: np.ndarray, y_true: np.ndarr
         keras_f1=float(f1_score(y_true, kp, average="macro", labels=labels, zero_division=0)),
         scratch_f1=float(f1_score(y_true, sp, average="macro", labels=labels, zero_division=0)),
         keras_accuracy=float(np.mean(kp == y_true)),
+        predicted_classes=int(len(np.unique(kp))),
         agreement=float(np.mean(kp == sp)),
         max_abs_diff=float(np.max(np.abs(keras_probs - scratch_probs))) if keras_probs.size else 0.0,
         allclose=bool(np.allclose(scratch_probs, keras_probs, atol=ATOL, rtol=RTOL)),
