@@ -7,6 +7,7 @@ TextVectorization is adapted on the training split only (index 0 = padding,
 from __future__ import annotations
 
 from ..data import load_nusax
+from ..studies import Family, Study
 
 SEQUENCE_LENGTH = 64   # covers the 99th percentile (61 words) of NusaX training texts
 EMBEDDING_DIM = 64
@@ -31,17 +32,22 @@ def build_text_model(config: dict, splits, cell: str):
     return keras.Model(inputs, outputs, name=f"nusax_{cell}")
 
 
-def text_studies(Study):
-    return (
-        Study("layers", "layers", (1, 2, 3), "Number of recurrent layers", lambda v: f"{v} layer(s)"),
-        Study("units", "units", (32, 64, 128), "Units per recurrent layer", lambda v: f"{v} units"),
-        Study("direction", "bidirectional", (False, True), "Direction",
-              lambda v: "bidirectional" if v else "unidirectional"),
-    )
+def text_family(name: str, title: str, cell: str) -> Family:
+    """A NusaX family whose recurrent layers are ``cell`` ("simple_rnn" or "lstm")."""
+    return Family(name=name, title=title, baseline=BASELINE, studies=TEXT_STUDIES,
+                  recipe=TEXT_RECIPE, load_data=load_nusax,
+                  build_model=lambda config, splits: build_text_model(config, splits, cell))
+
+
+TEXT_STUDIES = (
+    Study("layers", "layers", (1, 2, 3), "Number of recurrent layers", lambda v: f"{v} layer(s)"),
+    Study("units", "units", (32, 64, 128), "Units per recurrent layer", lambda v: f"{v} units"),
+    Study("direction", "bidirectional", (False, True), "Direction",
+          lambda v: "bidirectional" if v else "unidirectional"),
+)
 
 
 TEXT_RECIPE = {
     "full": {"epochs": 40, "batch_size": 32, "learning_rate": 1e-3, "patience": 6},
     "smoke": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3, "patience": 0},
 }
-load_data = load_nusax
