@@ -10,7 +10,7 @@ import contextlib
 import ctypes
 import threading
 
-_lock = threading.RLock()  # re-entrant: nested use must not deadlock
+_lock = threading.Lock()
 _funcs = None
 
 
@@ -40,18 +40,31 @@ def _find():
     return _funcs
 
 
+_depth = 0
+_saved = None
+
+
 @contextlib.contextmanager
 def blas_threads(n):
-    """Temporarily use ``n`` BLAS threads (no-op when OpenBLAS is not found)."""
+    """Use ``n`` BLAS threads while any ``blas_threads`` block is active (no-op when
+    OpenBLAS is not found). Re-entrant and usable from several threads at once: the
+    first entrant saves and sets the count, the last leaver restores it (the lock is
+    never held while the body runs)."""
+    global _depth, _saved
     funcs = _find()
     if not funcs:
         yield
         return
     set_f, get_f = funcs
     with _lock:
-        old = get_f()
-        set_f(n)
-        try:
-            yield
-        finally:
-            set_f(old)
+        if _depth == 0:
+            _saved = get_f()
+            set_f(n)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                set_f(_saved)
