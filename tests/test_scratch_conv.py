@@ -287,3 +287,35 @@ def test_pool2d_matches_loop_reference(mode, pool, strides, padding):
     x = np.random.default_rng(11).normal(size=(2, 7, 5, 3))
     np.testing.assert_allclose(pool2d(x, pool, strides, padding, mode),
                                pool2d_ref(x, pool, strides, padding, mode), atol=1e-12)
+
+
+@pytest.mark.parametrize("conv_kw,pool_kw", [
+    (dict(activation="relu"), dict(padding="same")),
+    (dict(activation="linear", use_bias=False), dict(pool_size=3, strides=2)),
+    (dict(activation="tanh"), dict()),
+], ids=["relu-poolsame-odd", "linear-nobias-p3s2", "tanh-not-fused"])
+def test_conv_maxpool_fusion(conv_kw, pool_kw, tmp_path, record_property):
+    """predict() pools before bias/relu (exact); intermediate_outputs() does not fuse."""
+    k = keras()
+    m = k.Sequential([k.Input((9, 7, 3)), k.layers.Conv2D(4, 3, padding="same", **conv_kw),
+                      k.layers.MaxPooling2D(**pool_kw), k.layers.Flatten()])
+    x = images(6, 9, 7, 3)
+    sm, _ = check_model(m, x, tmp_path, record_property)
+    inter = sm.intermediate_outputs(x)
+    np.testing.assert_allclose(list(inter.values())[-1], sm.predict(x), rtol=0, atol=1e-12)
+
+
+def test_predict_independent_of_workers_and_chunks(tmp_path):
+    k = keras()
+    m = cifar_cnn(k, "max", False, "flatten", filters=(4, 8))
+    from keras_factories import randomize_weights, save_load
+    randomize_weights(m)
+    sm, _ = save_load(m, tmp_path)
+    x = np.random.default_rng(12).uniform(0, 1, size=(50, 32, 32, 3))
+    sm.n_workers = 1
+    a = sm.predict(x, batch_size=7)
+    sm.n_workers = 3
+    b = sm.predict(x, batch_size=7)
+    c = sm.predict(x)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(a, c, rtol=0, atol=1e-14)

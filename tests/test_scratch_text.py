@@ -137,3 +137,18 @@ def test_raw_text_model_small(tmp_path, record_property):
     sm, _ = check_model(m, np.array(TRICKY, dtype=object), tmp_path, record_property)
     ref = m.predict(np.array(TRICKY, dtype=object), verbose=0)
     assert_close(sm.predict(TRICKY), ref, record_property, "list input")
+
+
+def test_rank1_string_input_like_study_models(tmp_path, record_property):
+    """keras.Input(shape=(), dtype="string") as in experiments/families/_text.py."""
+    k = keras()
+    tv = k.layers.TextVectorization(output_sequence_length=8, name="vectorize")
+    tv.adapt(np.array(TRAIN, dtype=object))
+    inp = k.Input(shape=(), dtype="string", name="text")
+    h = k.layers.Embedding(tv.vocabulary_size(), 6, mask_zero=True)(tv(inp))
+    h = k.layers.Bidirectional(k.layers.SimpleRNN(4))(h)
+    out = k.layers.Dense(3, activation="softmax")(k.layers.Dropout(0.5)(h))
+    m = k.Model(inp, out)
+    sm, _ = check_model(m, np.array(TRICKY, dtype=object), tmp_path, record_property)
+    inter = sm.intermediate_outputs(list(TRICKY))
+    np.testing.assert_array_equal(inter["vectorize"], keras_tokens(tv, TRICKY))
