@@ -159,9 +159,6 @@ def _build_layer(entry, weights, vocabulary=None):
     name = cfg.get("name", entry.get("name", "?"))
     if cls in REFUSED:
         raise UnsupportedLayerError(f"layer '{name}' of class {cls}: {REFUSED[cls]}")
-    if cls in _MODEL_CLASSES:
-        raise UnsupportedLayerError(f"layer '{name}' is a nested {cls} model; nested models are "
-                                    "not supported (flatten it into one model)")
     ctor = REGISTRY.get(cls)
     if ctor is None:
         raise UnsupportedLayerError(f"layer '{name}': unsupported layer class '{cls}'. "
@@ -171,6 +168,38 @@ def _build_layer(entry, weights, vocabulary=None):
     return ctor(cfg, weights, cls)
 
 
+def _chain(model_cfg, get_weights, get_vocab, prefix="", owner=None, depth=0):
+    """Build the flat layer list of a (possibly nested) linear model.
+
+    Nested Sequential/Functional models used as a layer are inlined: their
+    weights live under ``layers/<path of the nested model>/layers/...``."""
+    if depth > 8:
+        raise UnsupportedLayerError("models nested more than 8 levels deep")
+    cfg = model_cfg.get("config") or {}
+    chain = _linear_chain(model_cfg)
+    paths = _weight_paths(cfg.get("layers") or [] if model_cfg["class_name"] != "Sequential" else chain)
+    input_layer, layers = None, []
+    for e in chain:
+        path = prefix + paths.get(id(e), "")
+        if e.get("class_name") in _MODEL_CLASSES:
+            sub_in, sub_layers = _chain(e, get_weights, get_vocab, path + "/layers/",
+                                        owner=(owner or []) + [(e.get("config") or {}).get("name")],
+                                        depth=depth + 1)
+            if input_layer is None and not layers:
+                input_layer = sub_in
+            layers.extend(sub_layers)
+            continue
+        weights = get_weights(e, path, owner)
+        vocab = get_vocab(e, path) if e.get("class_name") == "TextVectorization" else None
+        layer = _build_layer(e, weights, vocab)
+        if isinstance(layer, InputLayer):
+            if input_layer is None and not layers:
+                input_layer = layer
+        else:
+            layers.append(layer)
+    return input_layer, layers
+
+
 def _assemble(model_cfg, get_weights, get_vocab):
     if not isinstance(model_cfg, dict) or "class_name" not in model_cfg:
         raise ModelFileError("model config is not a Keras model config (no class_name)")
@@ -178,21 +207,8 @@ def _assemble(model_cfg, get_weights, get_vocab):
         # a bare layer saved as a model is not a model
         raise UnsupportedLayerError(f"top-level object is a '{model_cfg['class_name']}', "
                                     "not a Sequential/Functional model")
-    cfg = model_cfg.get("config") or {}
-    all_entries = cfg.get("layers") or []
-    chain = _linear_chain(model_cfg)
-    paths = _weight_paths(all_entries if model_cfg["class_name"] != "Sequential" else chain)
-    input_layer, layers = None, []
-    for e in chain:
-        path = paths.get(id(e))
-        weights = get_weights(e, path)
-        vocab = get_vocab(e, path) if e.get("class_name") == "TextVectorization" else None
-        layer = _build_layer(e, weights, vocab)
-        if isinstance(layer, InputLayer):
-            input_layer = layer
-        else:
-            layers.append(layer)
-    return Model(cfg.get("name", "model"), input_layer, layers)
+    input_layer, layers = _chain(model_cfg, get_weights, get_vocab)
+    return Model((model_cfg.get("config") or {}).get("name", "model"), input_layer, layers)
 
 
 def _load_keras_zip(path):
@@ -215,8 +231,8 @@ def _load_keras_zip(path):
     except OSError as e:
         raise ModelFileError(f"{path}: model.weights.h5 inside the archive is corrupt ({e})") from None
 
-    def get_weights(entry, p):
-        if p is None:
+    def get_weights(entry, p, owner):
+        if not p:
             return []
         grp = h5.get(f"layers/{p}")
         if grp is None:
@@ -269,13 +285,21 @@ def _load_legacy_h5(path):
         if mw is None:
             raise ModelFileError(f"{path}: no 'model_weights' group")
 
-        def get_weights(entry, p):
+        def get_weights(entry, p, owner):
             name = (entry.get("config") or {}).get("name", entry.get("name"))
-            grp = mw.get(name)
-            if grp is None:
-                return []
+            if owner:  # layer of a nested model: its weights sit in the top nested model's group
+                grp = mw.get(owner[0])
+                if grp is None:
+                    return []
+                want = "/".join(owner + [name]) + "/"
+                names = [w for w in _attr_list(grp, "weight_names") if w.startswith(want)]
+            else:
+                grp = mw.get(name)
+                if grp is None:
+                    return []
+                names = _attr_list(grp, "weight_names")
             try:
-                return [np.asarray(grp[w], dtype=np.float64) for w in _attr_list(grp, "weight_names")]
+                return [np.asarray(grp[w], dtype=np.float64) for w in names]
             except (OSError, KeyError, ValueError) as e:
                 raise ModelFileError(f"{path}: cannot read weights of layer '{name}' ({e})") from None
 

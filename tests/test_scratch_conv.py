@@ -319,3 +319,17 @@ def test_predict_independent_of_workers_and_chunks(tmp_path):
     c = sm.predict(x)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-14)
     np.testing.assert_allclose(a, c, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_nested_sequential_blocks_are_inlined(fmt, tmp_path, record_property):
+    k = keras()
+    aug = k.Sequential([k.layers.RandomFlip("horizontal"), k.layers.RandomTranslation(0.1, 0.1)], name="aug")
+    block = k.Sequential([k.Input((8, 8, 3)), k.layers.Conv2D(4, 3, padding="same", activation="relu"),
+                          k.layers.BatchNormalization(), k.layers.MaxPooling2D()], name="block")
+    inp = k.Input((8, 8, 3))
+    h = k.layers.Flatten()(block(aug(inp)))
+    m = k.Model(inp, k.layers.Dense(3, activation="softmax")(h))
+    sm, _ = check_model(m, images(5, 8, 8, 3), tmp_path, record_property, fmt=fmt)
+    assert [l.class_name for l in sm.layers] == ["RandomFlip", "RandomTranslation", "Conv2D",
+                                                 "BatchNormalization", "MaxPooling2D", "Flatten", "Dense"]
