@@ -243,3 +243,34 @@ def test_unsupported_text_vectorization_option(tmp_path):
     k.Model(inp, tv(inp)).save(tmp_path / "ng.keras")
     with pytest.raises(UnsupportedLayerError, match="TextVectorization.*ngrams=2"):
         scratch_layers.load_model(tmp_path / "ng.keras")
+
+
+def _text_model(k):
+    tv = k.layers.TextVectorization(max_tokens=20, output_sequence_length=5)
+    tv.adapt(["a b c", "d e a"])
+    inp = k.Input((1,), dtype="string")
+    h = k.layers.Embedding(20, 3, mask_zero=True)(tv(inp))
+    return k.Model(inp, k.layers.Dense(2)(k.layers.LSTM(2)(h)))
+
+
+def test_empty_text_batch(tmp_path):
+    k = keras()
+    sm, _ = save_load(_text_model(k), tmp_path)
+    assert sm.predict([]).shape == (0, 2)
+    assert sm.predict(np.array([], dtype=object)).shape == (0, 2)
+
+
+def test_legacy_h5_text_model_without_vocabulary(tmp_path):
+    k = keras()
+    m = _text_model(k)
+    try:
+        m.save(tmp_path / "t.h5")
+    except Exception as e:  # pragma: no cover - depends on the Keras version
+        pytest.skip(f"Keras cannot save this model as .h5: {e}")
+    with pytest.raises(ModelFileError, match="vocabulary.*save the model as .keras"):
+        scratch_layers.load_model(tmp_path / "t.h5")
+
+
+def test_batch_size_must_be_positive(cnn_file):
+    with pytest.raises(InputError, match="batch_size"):
+        scratch_layers.load_model(cnn_file).predict(np.zeros((2, 6, 6, 3)), batch_size=-1)
