@@ -299,9 +299,11 @@ class Bidirectional(Layer):
         bcfg = config.get("backward_layer")
         if bcfg is None:
             bcfg = {"class_name": fcfg["class_name"], "config": dict(fcfg["config"], go_backwards=True)}
-        half = len(weights) // 2
-        self.forward_layer = build_rnn(fcfg, weights[:half], self.name)
-        self.backward_layer = build_rnn(bcfg, weights[half:], self.name)
+        # forward weights come first; their count follows from the forward config
+        # (kernel, recurrent_kernel[, bias]) so forward/backward may differ in type/bias
+        n_fwd = 3 if fcfg.get("config", {}).get("use_bias", True) else 2
+        self.forward_layer = build_rnn(fcfg, weights[:n_fwd], self.name)
+        self.backward_layer = build_rnn(bcfg, weights[n_fwd:], self.name)
         if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
             raise self.unsupported("go_backwards", self.backward_layer.go_backwards,
                                    "forward and backward layers must differ")

@@ -148,3 +148,34 @@ def test_float_ids_that_are_integral_are_accepted(tmp_path, record_property):
     x = id_batch("mixed")
     sm, _ = check_model(m, x, tmp_path, record_property)
     np.testing.assert_array_equal(sm.predict(x.astype(np.float64)), sm.predict(x))
+
+
+@pytest.mark.parametrize("name,args", [("Dropout", (0.5,)), ("SpatialDropout1D", (0.5,)),
+                                       ("GaussianNoise", (0.3,)), ("GaussianDropout", (0.3,)),
+                                       ("ActivityRegularization", ()), ("LayerNormalization", ()),
+                                       ("Dense", (4,))])
+def test_mask_propagates_through(name, args, tmp_path, record_property):
+    """Keras passes the Embedding mask through mask-supporting layers to the RNN."""
+    k = keras()
+    m = build(k, [getattr(k.layers, name)(*args), k.layers.LSTM(3), k.layers.Dense(2)])
+    check_model(m, id_batch("mixed"), tmp_path, record_property)
+
+
+def test_masking_layer(tmp_path, record_property):
+    k = keras()
+    m = k.Sequential([k.Input((T, 3)), k.layers.Masking(mask_value=0.0),
+                      k.layers.Bidirectional(k.layers.GRU(4, return_sequences=True)), k.layers.SimpleRNN(3)])
+    x = np.random.default_rng(5).normal(size=(6, T, 3)).astype("float32")
+    x[1, 5:] = 0
+    x[2, :3] = 0
+    x[3] = 0
+    check_model(m, x, tmp_path, record_property)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_bidirectional_custom_backward_layer(fmt, tmp_path, record_property):
+    k = keras()
+    fwd = k.layers.LSTM(4, return_sequences=True)
+    bwd = k.layers.GRU(4, return_sequences=True, go_backwards=True, use_bias=False)
+    m = build(k, [k.layers.Bidirectional(fwd, backward_layer=bwd), k.layers.SimpleRNN(2)])
+    check_model(m, id_batch("mixed"), tmp_path, record_property, fmt=fmt)
