@@ -105,7 +105,10 @@ class Model:
             return arr  # id checks (dtype, range) are done by the Embedding layer
         if arr.dtype.kind not in "fiub":
             raise InputError(f"model '{self.name}' expects a numeric float array, got dtype {arr.dtype}")
-        arr = arr.astype(np.float64, copy=False)
+        if arr.dtype.kind != "f":
+            arr = arr.astype(np.float64)
+        # float32/float16 stay as they are here; each chunk is cast to float64 when it
+        # is processed (no full-size float64 copy of a large input)
         if not allow_nonfinite and arr.size and not np.isfinite(arr).all():
             bad = np.argwhere(~np.isfinite(arr))[0]
             raise InputError(f"input contains NaN/inf (first at index {tuple(bad)}); clean the "
@@ -136,6 +139,8 @@ class Model:
     # -------------------------------------------------------------- inference
     def _run_fast(self, x):
         """predict() path: same maths as _run, with the fused steps of the plan."""
+        if self.input_kind == "float":
+            x = np.asarray(x, dtype=np.float64)
         mask = None
         for step in self._plan:
             if len(step) == 2:
@@ -156,6 +161,8 @@ class Model:
     def _run(self, x, collect=False):
         if not collect:
             return self._run_fast(x)
+        if self.input_kind == "float":
+            x = np.asarray(x, dtype=np.float64)
         outs = OrderedDict()
         mask = None
         for layer in self.layers:
