@@ -68,6 +68,12 @@ class Model:
         while i < len(self.layers):
             a = self.layers[i]
             b = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            if isinstance(a, Embedding) and isinstance(b, (RNNBase, Bidirectional)):
+                # Embedding -> RNN: fold the embedding table into the RNN input
+                # projection ((E @ W + b)[ids] == E[ids] @ W + b), no per-token matmul
+                plan.append(("embed_rnn", a, b))
+                i += 2
+                continue
             if (type(a) is Conv2D and isinstance(b, MaxPooling2D)
                     and a.activation in (activations.relu, activations.linear)):
                 plan.append((a, b))
@@ -143,6 +149,14 @@ class Model:
             x = np.asarray(x, dtype=np.float64)
         mask = None
         for step in self._plan:
+            if step[0] == "embed_rnn":
+                emb, rnn = step[1], step[2]
+                ids = emb.check_ids(x)
+                mask = emb.compute_mask(ids, None)
+                y = rnn.forward_ids(ids, mask, emb.table)
+                mask = rnn.compute_mask(None, mask)
+                x = y
+                continue
             if len(step) == 2:
                 conv, pool = step
                 y = pool.forward(conv._conv(x))

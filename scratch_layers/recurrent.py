@@ -210,20 +210,51 @@ class RNNBase(Layer):
             xp += self.input_bias
         return xp
 
-    def forward(self, x, mask=None, zero_output_for_mask=None):
+    def forward(self, x, mask=None):
         self.check_rank(x, 3, "sequence batch (N, T, features)")
         self.check_last_dim(x, self.kernel.shape[0])
-        if mask is not None and mask.all():
-            mask = None  # no masked step anywhere: identical result, faster
-        n = x.shape[0]
-        init = tuple(np.zeros((n, self.units)) for _ in range(self.n_states()))
-        zofm = self.zero_output_for_mask if zero_output_for_mask is None else zero_output_for_mask
         # One BLAS thread: the per-step matmuls are tiny, so thread hand-offs cost more
         # than they save (measured 3x faster on 2 busy cores, incl. the projection).
+        with blas_threads(1):
+            if mask is not None and mask.all():
+                mask = None  # no masked step anywhere: identical result, faster
+            return self.scan(self.project(x, mask), mask)
+
+    def scan(self, xp, mask):
+        """Run the masked time loop on precomputed projections xp (T, N, G)."""
+        n = xp.shape[1]
+        init = tuple(np.zeros((n, self.units)) for _ in range(self.n_states()))
         with blas_threads(1), np.errstate(over="ignore"):
-            xp = self.project(x, mask)
             return masked_scan(type(self).step, self, xp, init, mask,
-                               self.go_backwards, self.return_sequences, zofm)
+                               self.go_backwards, self.return_sequences, self.zero_output_for_mask)
+
+    # --- Embedding folding: x = E[ids]  =>  x @ W + b = (E @ W + b)[ids] ---------
+    def projection_table(self, embeddings):
+        """(V, G) table of the input projection of every embedding row (cached)."""
+        key = id(embeddings)
+        cached = getattr(self, "_table", None)
+        if cached is None or cached[0] != key:
+            with blas_threads(1):
+                table = embeddings @ self.kernel
+            if self.input_bias is not None:
+                table += self.input_bias
+            self._table = (key, table)
+        return self._table[1]
+
+    def forward_ids(self, ids, mask, embeddings):
+        """Same result as forward(embeddings[ids], mask), without the per-token matmul:
+        the projection is a row gather from projection_table()."""
+        if mask is not None and mask.all():
+            mask = None
+        table = self.projection_table(embeddings)
+        ids_t = ids.T
+        if mask is not None and mask.mean() < 0.75:
+            mt = mask.T
+            xp = np.zeros(ids_t.shape + (table.shape[1],))
+            xp[mt] = table[ids_t[mt]]  # padded positions are never read by the scan
+        else:
+            xp = np.take(table, ids_t, axis=0)
+        return self.scan(xp, mask)
 
     def compute_mask(self, x, mask):
         return mask if self.return_sequences else None
@@ -330,8 +361,14 @@ class Bidirectional(Layer):
             sub.zero_output_for_mask = sub.return_sequences
 
     def forward(self, x, mask=None):
-        y = self.forward_layer.forward(x, mask)
-        y_rev = self.backward_layer.forward(x, mask)
+        return self._merge(self.forward_layer.forward(x, mask), self.backward_layer.forward(x, mask))
+
+    def forward_ids(self, ids, mask, embeddings):
+        """Bidirectional over an Embedding folded into both input projections."""
+        return self._merge(self.forward_layer.forward_ids(ids, mask, embeddings),
+                           self.backward_layer.forward_ids(ids, mask, embeddings))
+
+    def _merge(self, y, y_rev):
         if self.return_sequences:
             y_rev = y_rev[:, ::-1]
         if self.merge_mode == "concat":

@@ -179,3 +179,16 @@ def test_bidirectional_custom_backward_layer(fmt, tmp_path, record_property):
     bwd = k.layers.GRU(4, return_sequences=True, go_backwards=True, use_bias=False)
     m = build(k, [k.layers.Bidirectional(fwd, backward_layer=bwd), k.layers.SimpleRNN(2)])
     check_model(m, id_batch("mixed"), tmp_path, record_property, fmt=fmt)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_embedding_folding_matches_layer_by_layer(cell, tmp_path, record_property):
+    """predict() folds Embedding into the RNN input projection; intermediate_outputs()
+    runs layer by layer. Both must agree (and match Keras)."""
+    k = keras()
+    m = build(k, [k.layers.Bidirectional(rnn_layer(k, cell, units=4, return_sequences=True)),
+                  rnn_layer(k, cell, units=3), k.layers.Dense(2)])
+    x = id_batch("mixed")
+    sm, _ = check_model(m, x, tmp_path, record_property)
+    inter = sm.intermediate_outputs(x)
+    np.testing.assert_allclose(list(inter.values())[-1], sm.predict(x), rtol=0, atol=1e-12)
