@@ -193,6 +193,12 @@ class Model:
         ``batch_size`` only sets the internal chunk size (results do not depend on it).
         Non-finite float input raises InputError unless ``allow_nonfinite=True``."""
         x = self._prepare(x, allow_nonfinite)
+        # Always one BLAS thread per worker: OpenBLAS's own threading is slower for our
+        # chunk-sized matmuls and pathologically slow (10x) when the CPUs are busy.
+        with blas_threads(1):
+            return self._predict(x, batch_size)
+
+    def _predict(self, x, batch_size):
         n = len(x)
         if n == 0:
             return np.asarray(self._run(x), dtype=np.float64)
@@ -207,20 +213,19 @@ class Model:
         # single-threaded BLAS (NumPy releases the GIL in BLAS and ufunc loops).
         # This scales better than BLAS's own per-matmul threading, especially on
         # busy machines. Results do not depend on the number of workers.
-        with blas_threads(1) if workers > 1 else _nullcontext():
-            first = np.asarray(self._run(x[:chunk]), dtype=np.float64)
-            out = np.empty((n,) + first.shape[1:], dtype=np.float64)
-            out[:chunk] = first
+        first = np.asarray(self._run(x[:chunk]), dtype=np.float64)
+        out = np.empty((n,) + first.shape[1:], dtype=np.float64)
+        out[:chunk] = first
 
-            def work(s):
-                out[s:s + chunk] = self._run(x[s:s + chunk])
+        def work(s):
+            out[s:s + chunk] = self._run(x[s:s + chunk])
 
-            if workers > 1:
-                with ThreadPoolExecutor(workers) as ex:
-                    list(ex.map(work, starts[1:]))
-            else:
-                for s in starts[1:]:
-                    work(s)
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as ex:
+                list(ex.map(work, starts[1:]))
+        else:
+            for s in starts[1:]:
+                work(s)
         return out
 
     def predict_classes(self, x, batch_size=None):
@@ -232,18 +237,11 @@ class Model:
         for the whole batch, computed in chunks of ``batch_size`` (default 256)."""
         x = self._prepare(x, allow_nonfinite)
         chunk = int(batch_size or 256)
-        if len(x) <= chunk:
-            return self._run(x, collect=True)
-        parts = [self._run(x[s:s + chunk], collect=True) for s in range(0, len(x), chunk)]
+        with blas_threads(1):
+            if len(x) <= chunk:
+                return self._run(x, collect=True)
+            parts = [self._run(x[s:s + chunk], collect=True) for s in range(0, len(x), chunk)]
         return OrderedDict((k, np.concatenate([p[k] for p in parts])) for k in parts[0])
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def first_divergence(scratch_outputs, keras_outputs, atol=1e-5, rtol=1e-5):
