@@ -1,6 +1,4 @@
 """Layer base class and small helpers shared by all layer implementations."""
-import numpy as np
-
 from .errors import InputError, ModelFileError, UnsupportedLayerError
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import activations
 from ._blas import blas_threads
-from .conv import Conv1D, Conv2D, DepthwiseConv2D, MaxPooling2D
+from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D
 from .core import Embedding
 from .errors import InputError
 from .recurrent import Bidirectional, RNNBase

@@ -19,7 +19,7 @@ import numpy as np
 from . import activations
 from ._blas import blas_threads
 from .base import Layer
-from .errors import InputError, ModelFileError
+from .errors import ModelFileError, UnsupportedLayerError
 
 
 # ---------------------------------------------------------------------------
@@ -386,7 +386,6 @@ class Bidirectional(Layer):
 def build_rnn(entry, weights, parent):
     cls_name = entry.get("class_name")
     if cls_name not in RNN_CLASSES:
-        from .errors import UnsupportedLayerError
         raise UnsupportedLayerError(
             f"Bidirectional layer '{parent}': wrapped layer class '{cls_name}' is not "
             f"supported (supported: {', '.join(RNN_CLASSES)})")
