@@ -153,7 +153,9 @@ def test_float_ids_that_are_integral_are_accepted(tmp_path, record_property):
 @pytest.mark.parametrize("name,args", [("Dropout", (0.5,)), ("SpatialDropout1D", (0.5,)),
                                        ("GaussianNoise", (0.3,)), ("GaussianDropout", (0.3,)),
                                        ("ActivityRegularization", ()), ("LayerNormalization", ()),
-                                       ("Dense", (4,))])
+                                       ("Dense", (4,))],
+                         ids=["Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout",
+                              "ActivityRegularization", "LayerNormalization", "Dense"])
 def test_mask_propagates_through(name, args, tmp_path, record_property):
     """Keras passes the Embedding mask through mask-supporting layers to the RNN."""
     k = keras()
