@@ -240,6 +240,21 @@ def header_section(config) -> str:
     return _table(["", ""], rows)
 
 
+def training_cost_section() -> str:
+    """Wall time spent training each family's distinct models (from their metadata)."""
+    models: dict[str, dict] = {}
+    for r in _by_kind("variant"):
+        models.setdefault(r["model"], r)
+    rows, total = [], 0.0
+    for fam in sorted({m["family"] for m in models.values()}):
+        ms = [m for m in models.values() if m["family"] == fam]
+        secs = sum(m["train_seconds"] for m in ms)
+        total += secs
+        rows.append([fam, len(ms), sum(m["epochs"] for m in ms), f"{secs / 60:.1f} min"])
+    rows.append(["all", len(models), sum(m["epochs"] for m in models.values()), f"{total / 60:.1f} min"])
+    return _table(["family", "distinct models", "epochs run", "training wall time"], rows)
+
+
 def confusion_section() -> str:
     variants = _by_kind("variant")
     out = []
@@ -275,6 +290,7 @@ def pytest_html_results_summary(prefix, summary, postfix, session):
             if recs:
                 parts.append(study_section(fam, study, recs))
     parts += ["<h2>Verification summary</h2>", verification_section(),
+              "<h2>Training cost</h2>", training_cost_section(),
               "<h2>Benchmarks: forward pass over the whole test split</h2>", benchmark_section(),
               "<h2>Confusion matrices (best model per family, chosen on validation loss)</h2>",
               confusion_section()]
