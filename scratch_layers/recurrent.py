@@ -92,10 +92,12 @@ def gru_step(xp_t, states, cell):
 
 
 def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
-                return_sequences=False, zero_output_for_mask=False):
+                return_sequences=False, zero_output_for_mask=False, lengths=None, steps=None):
     """Run ``step`` over time, exactly like Keras' ``backend.rnn``.
 
-    xp: (T, N, G) time-major input projections; mask: (N, T) bool or None.
+    xp: (T, N, G) time-major input projections, or a callable ``xp(t, rows)``
+    returning the (n_rows, G) projections of timestep t for ``rows`` (a slice or an
+    index array; then ``steps`` = T). mask: (N, T) bool or None.
     Returns (N, T, units) outputs in *processing order* (reversed when
     ``go_backwards``, as Keras) if ``return_sequences``, else the last output (N, units).
     For each processed step t with mask m_t:
@@ -103,35 +105,46 @@ def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
         state_t = m_t ? step_state  : state_{t-1}
     with out_{-1} = 0.
 
-    Implementation: the step is evaluated only on the rows that are valid at t
-    (gather, step, scatter into the state arrays), so the work is proportional
-    to the number of real tokens, not N*T. Because every cell's output is its
-    new first state h, and both start at zero, "previous output" == current h.
+    Implementation: the step is evaluated only on the rows that are valid at t, so
+    the work is proportional to the number of real tokens, not N*T. In general the
+    valid rows are gathered and scattered back; when ``lengths`` is given (rows
+    sorted by decreasing length and mask[n, t] == t < lengths[n], i.e. post-padding)
+    the valid rows are the prefix [0, A_t) and are used in place (no copies).
+    Because every cell's output is its new first state h, and both start at zero,
+    "previous output" == current h.
     """
-    T, N = xp.shape[0], xp.shape[1]
+    get = xp if callable(xp) else (lambda t, rows: xp[t][rows])
+    T = steps if callable(xp) else xp.shape[0]
+    N = init_states[0].shape[0]
     u = cell.units
     states = [np.array(s, dtype=np.float64) for s in init_states]  # owned, updated in place
     outs = np.empty((T, N, u)) if return_sequences else None
     last = np.zeros((N, u))
+    everything = slice(None)
+    if lengths is not None:
+        active = np.count_nonzero(lengths[:, None] > np.arange(T)[None, :], axis=0)
     order = range(T - 1, -1, -1) if go_backwards else range(T)
     for k, t in enumerate(order):
         if mask is None:
-            n_valid, idx = N, None
+            n_valid, rows = N, everything
+        elif lengths is not None:
+            n_valid = int(active[t])
+            rows = slice(0, n_valid)
         else:
-            idx = np.flatnonzero(mask[:, t])
-            n_valid = idx.size
+            rows = np.flatnonzero(mask[:, t])
+            n_valid = rows.size
         if n_valid == N:  # every row valid: plain step
-            out, new_states = step(xp[t], tuple(states), cell)
+            out, new_states = step(get(t, everything), tuple(states), cell)
             states = list(new_states)
         elif n_valid == 0:  # every row masked: states and previous outputs carry over
             out = np.zeros((N, u)) if zero_output_for_mask else states[0]
         else:
-            sub_out, sub_states = step(xp[t][idx], tuple(s[idx] for s in states), cell)
+            sub_out, sub_states = step(get(t, rows), tuple(s[rows] for s in states), cell)
             for s, ns in zip(states, sub_states):
-                s[idx] = ns
+                s[rows] = ns
             if zero_output_for_mask:
                 out = np.zeros((N, u))
-                out[idx] = sub_out
+                out[rows] = sub_out
             else:
                 out = states[0]
         if outs is not None:
@@ -140,6 +153,23 @@ def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
     if outs is not None:
         return outs.transpose(1, 0, 2)
     return np.array(last)
+
+
+def post_padding_order(mask):
+    """If every row of ``mask`` (N, T) is valid exactly on a prefix [0, L_n)
+    (post-padding, e.g. TextVectorization output), return (order, sorted lengths)
+    with rows ordered by decreasing length; otherwise (None, None)."""
+    lengths = mask.sum(axis=1)
+    if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lengths[:, None]):
+        return None, None
+    order = np.argsort(-lengths, kind="stable")
+    return order, lengths[order]
+
+
+def _unsort(y, order):
+    out = np.empty_like(y)
+    out[order] = y
+    return out
 
 
 class RNNBase(Layer):
@@ -218,15 +248,19 @@ class RNNBase(Layer):
         with blas_threads(1):
             if mask is not None and mask.all():
                 mask = None  # no masked step anywhere: identical result, faster
-            return self.scan(self.project(x, mask), mask)
+            order, lengths = post_padding_order(mask) if mask is not None else (None, None)
+            if order is not None:
+                x, mask = x[order], mask[order]
+            y = self.scan(self.project(x, mask), mask, lengths)
+            return y if order is None else _unsort(y, order)
 
-    def scan(self, xp, mask):
-        """Run the masked time loop on precomputed projections xp (T, N, G)."""
-        n = xp.shape[1]
+    def scan(self, xp, mask, lengths=None, steps=None, n=None):
+        """Run the masked time loop on projections xp (array (T, N, G) or callable)."""
+        n = xp.shape[1] if n is None else n
         init = tuple(np.zeros((n, self.units)) for _ in range(self.n_states()))
         with blas_threads(1), np.errstate(over="ignore"):
-            return masked_scan(type(self).step, self, xp, init, mask,
-                               self.go_backwards, self.return_sequences, self.zero_output_for_mask)
+            return masked_scan(type(self).step, self, xp, init, mask, self.go_backwards,
+                               self.return_sequences, self.zero_output_for_mask, lengths, steps)
 
     # --- Embedding folding: x = E[ids]  =>  x @ W + b = (E @ W + b)[ids] ---------
     def projection_table(self, embeddings):
@@ -243,18 +277,19 @@ class RNNBase(Layer):
 
     def forward_ids(self, ids, mask, embeddings):
         """Same result as forward(embeddings[ids], mask), without the per-token matmul:
-        the projection is a row gather from projection_table()."""
+        the projection of timestep t is a row gather from projection_table()."""
         if mask is not None and mask.all():
             mask = None
         table = self.projection_table(embeddings)
-        ids_t = ids.T
-        if mask is not None and mask.mean() < 0.75:
-            mt = mask.T
-            xp = np.zeros(ids_t.shape + (table.shape[1],))
-            xp[mt] = table[ids_t[mt]]  # padded positions are never read by the scan
-        else:
-            xp = np.take(table, ids_t, axis=0)
-        return self.scan(xp, mask)
+        order, lengths = post_padding_order(mask) if mask is not None else (None, None)
+        if order is not None:
+            ids, mask = ids[order], mask[order]
+
+        def xp(t, rows):
+            return np.take(table, ids[rows, t], axis=0)
+
+        y = self.scan(xp, mask, lengths, steps=ids.shape[1], n=ids.shape[0])
+        return y if order is None else _unsort(y, order)
 
     def compute_mask(self, x, mask):
         return mask if self.return_sequences else None
