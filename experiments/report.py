@@ -165,7 +165,8 @@ def _study_rows(study_records: list[dict]) -> list[dict]:
 
 
 def study_section(family, study, recs: list[dict]) -> str:
-    recs = sorted(recs, key=lambda r: [repr(v) for v in study.values].index(repr(_tuple(r["value"]))))
+    # declaration order; values that crossed from an xdist worker arrive as lists
+    recs = sorted(recs, key=lambda r: study.values.index(_tuple(r["value"])))
     rows = _study_rows(recs)
     table = _table(
         ["variant", study.param, "params", "epochs", "train time", "test macro-F1 (Keras)",
@@ -179,8 +180,8 @@ def study_section(family, study, recs: list[dict]) -> str:
             + f'<p class="conclusion"><b>Conclusion.</b> {html.escape(conclude(study.title, rows))}</p>')
 
 
-def _tuple(v):
-    return tuple(v) if isinstance(v, list) else v
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def benchmark_section() -> str:
