@@ -79,10 +79,11 @@ def conclude(title: str, rows: list[dict]) -> str:
         if len(rows) > 2 and all(k is not None for k in keys):
             ordered = [r for _, r in sorted(zip(keys, rows), key=lambda t: t[0])]
             f1s = [r["f1"] for r in ordered]
+            caveat = " (though within noise)" if best["f1"] - worst["f1"] < noise else ""
             if all(a < b for a, b in zip(f1s, f1s[1:])):
-                parts.append("Macro-F1 rises monotonically as the hyperparameter grows.")
+                parts.append(f"Macro-F1 rises monotonically as the hyperparameter grows{caveat}.")
             elif all(a > b for a, b in zip(f1s, f1s[1:])):
-                parts.append("Macro-F1 falls monotonically as the hyperparameter grows.")
+                parts.append(f"Macro-F1 falls monotonically as the hyperparameter grows{caveat}.")
             else:
                 peak = ordered[f1s.index(max(f1s))]
                 parts.append(f"The effect is not monotonic: macro-F1 peaks at {peak['label']}.")
@@ -101,4 +102,9 @@ def conclude(title: str, rows: list[dict]) -> str:
     else:
         parts.append("No variant overfits within the epochs run: validation loss never rose "
                      "after its minimum while training loss fell.")
+    still_falling = [r for r in rows if r["history"]["val_loss"]
+                     and min(r["history"]["val_loss"]) == r["history"]["val_loss"][-1]]
+    if still_falling:
+        parts.append(f"Validation loss was lowest in the last epoch for {len(still_falling)} of "
+                     f"{len(rows)} variants: those runs ended at the epoch limit, not by early stopping.")
     return " ".join(parts)

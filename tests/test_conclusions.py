@@ -19,9 +19,10 @@ def test_overfitting_detects_the_epoch_after_the_val_minimum():
 def test_monotonic_increase_and_best_margin():
     text = conclude("Layers", [row("1", 1, 0.60, [1, .9]), row("2", 2, 0.65, [1, .8]), row("3", 3, 0.70, [1, .7])])
     assert "Best test macro-F1: 3 (0.7000), 0.0500 ahead of 2" in text
-    assert "rises monotonically" in text
+    assert "rises monotonically as the hyperparameter grows." in text
     assert "same variant" in text
     assert "No variant overfits" in text
+    assert "lowest in the last epoch for 3 of 3 variants" in text
 
 
 def test_non_monotonic_and_validation_disagreement():
@@ -36,6 +37,12 @@ def test_categorical_study_makes_no_monotonic_claim_and_flags_noise():
     assert "below the sampling noise" in text
 
 
+def test_monotonic_trend_within_noise_is_qualified():
+    text = conclude("K", [row("3", (3, 3), 0.700, [1, .9]), row("5", (5, 5), 0.699, [1, .8]), row("7", (7, 7), 0.698, [1, .7])])
+    assert "falls monotonically as the hyperparameter grows (though within noise)" in text
+
+
 def test_overfitting_is_reported_with_its_epoch():
     text = conclude("K", [row("a", 1, 0.7, [1.0, 0.8, 0.9, 1.0], loss=[1.5, 1.0, 0.7, 0.5]), row("b", 2, 0.6, [1.0, 0.9])])
     assert "Overfitting shows in a from epoch 3" in text
+    assert "lowest in the last epoch for 1 of 2" in text
