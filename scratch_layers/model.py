@@ -213,19 +213,19 @@ class Model:
         # single-threaded BLAS (NumPy releases the GIL in BLAS and ufunc loops).
         # This scales better than BLAS's own per-matmul threading, especially on
         # busy machines. Results do not depend on the number of workers.
-        first = np.asarray(self._run(x[:chunk]), dtype=np.float64)
-        out = np.empty((n,) + first.shape[1:], dtype=np.float64)
-        out[:chunk] = first
-
         def work(s):
-            out[s:s + chunk] = self._run(x[s:s + chunk])
+            return np.asarray(self._run(x[s:s + chunk]), dtype=np.float64)
 
         if workers > 1:
+            # every chunk, the first included, goes to the pool: with one chunk per
+            # worker, running the first one alone before the others would serialise all
             with ThreadPoolExecutor(workers) as ex:
-                list(ex.map(work, starts[1:]))
+                parts = list(ex.map(work, starts))
         else:
-            for s in starts[1:]:
-                work(s)
+            parts = [work(s) for s in starts]
+        out = np.empty((n,) + parts[0].shape[1:], dtype=np.float64)
+        for s, part in zip(starts, parts):
+            out[s:s + chunk] = part
         return out
 
     def predict_classes(self, x, batch_size=None):

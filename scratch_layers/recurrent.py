@@ -4,7 +4,8 @@ Design: every layer first computes the input projection ``x @ kernel (+ bias)``
 for all timesteps in ONE matmul (time-major, shape (T, N, G)). A cell *step
 function* then advances the state by one timestep from that projection, and ONE
 generic :func:`masked_scan` loops over time for all cell types. Bidirectional
-simply runs two scans.
+runs two scans, except over a folded Embedding with post-padded input, where
+:func:`fused_bidirectional_scan` runs both SimpleRNN/LSTM directions in one loop.
 
 Masking follows ``keras/src/backend/tensorflow/rnn.py`` (the while-loop path):
 at a masked step the state is carried over unchanged, and the output is either
@@ -160,6 +161,82 @@ def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
     if outs is not None:
         return outs.transpose(1, 0, 2)
     return np.array(last)
+
+
+def fused_bidirectional_scan(fwd, bwd, ids, lengths, table):
+    """Forward AND backward direction of a Bidirectional SimpleRNN/LSTM in ONE time loop.
+
+    Exact reformulation of two :func:`masked_scan` runs for post-padded input (rows
+    sorted by decreasing length L_n, mask[n, t] == t < L_n). Keras' backward pass
+    processes t = T-1 .. 0 and skips (state unchanged, zero) every t >= L_n, so its
+    k-th *real* step consumes token L_n-1-k. Feeding the backward direction the
+    row-wise reversed tokens rev[n, k] = ids[n, L_n-1-k] therefore gives the same
+    states, and both directions are then valid on the same row prefix
+    [0, A_k), A_k = #{n : L_n > k}. The two states are stacked as (2, N, u), and per
+    step k (d = 0 forward, d = 1 backward):
+        z_d = table_d[tok_d[:A_k, k]] + h_d[:A_k] @ U_d     (one take, one batched matmul)
+        h_d[:A_k] (, c_d[:A_k]) <- cell update of z_d          (gate maths once on (2, A_k, G))
+    with the same formulas as simple_rnn_step / lstm_step; rows >= A_k keep their state.
+
+    ``table``: (2V, G) projection tables [table_fwd; table_bwd].
+    Returns (y_fwd, y_bwd), both in input time order: (N, T, u) each with zeros at
+    padded positions if return_sequences (Keras forces zero_output_for_mask there),
+    else the final h (N, u) of each direction (zeros for an empty row)."""
+    N, T = ids.shape
+    u = fwd.units
+    V = table.shape[0] // 2
+    lstm = isinstance(fwd, LSTM)
+    steps = np.arange(T)
+    # (2, N, T) token ids into the stacked table; backward ids reversed within each row
+    src = lengths[:, None] - 1 - steps[None, :]
+    tok = np.stack([ids, np.take_along_axis(ids, np.maximum(src, 0), axis=1) + V])
+    active = np.count_nonzero(lengths[:, None] > steps[None, :], axis=0)
+    rk = np.stack([fwd.recurrent_kernel, bwd.recurrent_kernel])  # (2, u, G)
+    h = np.zeros((2, N, u))
+    c = np.zeros((2, N, u)) if lstm else None
+    outs = np.zeros((2, T, N, u)) if fwd.return_sequences else None
+    with blas_threads(1), np.errstate(over="ignore"):
+        for k in range(T):
+            a = int(active[k])
+            if a == 0:  # lengths are sorted: no row has a token from here on
+                break
+            hv = h[:, :a]
+            z = np.matmul(hv, rk)
+            z += np.take(table, tok[:, :a, k], axis=0)
+            if not lstm:  # SimpleRNN: h = act(z)
+                hv[...] = fwd.act(z)
+            elif fwd.tanh_sigmoid:
+                # as lstm_step: columns i, f, o, c pre-scaled by -1 / -2, so one exp
+                # pass gives sigmoid(i, f, o) and (tanh(c) + 1) / 2
+                np.exp(z, out=z)
+                z += 1.0
+                np.reciprocal(z, out=z)
+                g = z[..., 3 * u:]
+                g *= 2.0
+                g -= 1.0
+                g *= z[..., :u]               # i * act(z_c)
+                cv = c[:, :a]
+                cv *= z[..., u:2 * u]         # f * c_{t-1}, in place on the live rows
+                cv += g
+                _fast_tanh(cv, out=hv)
+                hv *= z[..., 2 * u:3 * u]     # h = o * act(c)
+            else:
+                ifo = fwd.ract(z[..., :3 * u])
+                g = fwd.act(z[..., 3 * u:])
+                cv = c[:, :a]
+                cv *= ifo[..., u:2 * u]
+                cv += ifo[..., :u] * g
+                hv[...] = ifo[..., 2 * u:] * fwd.act(cv)
+            if outs is not None:
+                outs[:, k, :a] = hv
+    if outs is None:
+        return h[0], h[1]
+    y = outs[0].transpose(1, 0, 2)
+    # backward step k produced the output of input position L_n-1-k
+    rows = np.arange(N)[:, None]
+    y_rev = outs[1][np.maximum(src, 0), rows]       # (N, T, u)
+    y_rev[src < 0] = 0.0
+    return y, y_rev
 
 
 def post_padding_order(mask):
@@ -405,10 +482,54 @@ class Bidirectional(Layer):
     def forward(self, x, mask=None):
         return self._merge(self.forward_layer.forward(x, mask), self.backward_layer.forward(x, mask))
 
+    def _can_fuse(self):
+        """Whether fused_bidirectional_scan covers this layer (else: two scans)."""
+        f, b = self.forward_layer, self.backward_layer
+        if type(f) is not type(b) or type(f) not in (SimpleRNN, LSTM):
+            return False
+        if f.go_backwards or not b.go_backwards or f.units != b.units:
+            return False
+        if f.return_sequences != b.return_sequences:
+            return False
+        if f.zero_output_for_mask != f.return_sequences or b.zero_output_for_mask != b.return_sequences:
+            return False
+        if isinstance(f, LSTM):  # the gate maths is shared, so must be the activations
+            return (f.tanh_sigmoid == b.tanh_sigmoid
+                    and (f.tanh_sigmoid or (f.act is b.act and f.ract is b.ract)))
+        return f.act is b.act
+
     def forward_ids(self, ids, mask, embeddings):
-        """Bidirectional over an Embedding folded into both input projections."""
+        """Bidirectional over an Embedding folded into both input projections.
+        Post-padded (or unmasked) SimpleRNN/LSTM: both directions in one time loop
+        (half the per-step NumPy calls); anything else: two separate scans."""
+        if self._can_fuse() and ids.ndim == 2 and ids.shape[1] > 0:
+            if mask is None:
+                order, lengths = None, np.full(ids.shape[0], ids.shape[1])
+            else:
+                order, lengths = post_padding_order(mask)
+            if lengths is not None:
+                if order is not None:
+                    ids = ids[order]
+                table = self._fused_table(embeddings)
+                y, y_rev = fused_bidirectional_scan(self.forward_layer, self.backward_layer,
+                                                    ids, lengths, table)
+                if order is not None:
+                    y, y_rev = _unsort(y, order), _unsort(y_rev, order)
+                if self.return_sequences:  # _merge expects the backward output reversed
+                    y_rev = y_rev[:, ::-1]
+                return self._merge(y, y_rev)
         return self._merge(self.forward_layer.forward_ids(ids, mask, embeddings),
                            self.backward_layer.forward_ids(ids, mask, embeddings))
+
+    def _fused_table(self, embeddings):
+        """(2V, G) stacked projection tables [forward; backward] (cached)."""
+        key = id(embeddings)
+        cached = getattr(self, "_table2", None)
+        if cached is None or cached[0] != key:
+            self._table2 = (key, np.concatenate([
+                self.forward_layer.projection_table(embeddings),
+                self.backward_layer.projection_table(embeddings)]))
+        return self._table2[1]
 
     def _merge(self, y, y_rev):
         if self.return_sequences:
