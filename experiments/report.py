@@ -1,7 +1,7 @@
 """Report plugin: study figures, tables, conclusions, verification and benchmarks.
 
-Tests hand their measurements over with ``record_property("scratchnet", {...})``
-(which also travels from pytest-xdist workers); this plugin gathers them on the
+Tests hand their measurements over with :func:`record`, which stores them in the test's
+``user_properties`` (these also travel from pytest-xdist workers); this plugin gathers them on the
 controlling process and, when ``--html`` is given, adds the scratchnet sections to
 the pytest-html report and writes ``results.json`` beside it.
 """
@@ -34,7 +34,7 @@ def record(request, kind: str, **data) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_logreport(report):
-    if report.when == "call" or (report.when == "teardown" and report.failed is False):
+    if report.when == "call":
         for key, value in report.user_properties:
             if key == RECORD_KEY and value not in _records:
                 _records.append(value)

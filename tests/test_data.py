@@ -11,6 +11,15 @@ from experiments.data import DataError, load_cifar10, load_nusax
 pytestmark = pytest.mark.data
 
 
+@pytest.fixture
+def data_dir():
+    """The local dataset copy these tests compare against (CI: ../shared/data)."""
+    root = data.local_data_dir()
+    if root is None:
+        pytest.fail(f"set {data.DATA_DIR_ENV} to the local dataset folder to run this test")
+    return root
+
+
 @pytest.mark.cnn
 def test_cifar_splits_are_40k_10k_10k_stratified_and_scaled():
     s = load_cifar10()
@@ -31,11 +40,11 @@ def test_stratified_split_is_disjoint_complete_and_seeded():
     assert np.array_equal(va, va2) and np.array_equal(tr, tr2)
 
 
-def test_nusax_official_splits_and_label_mapping():
+def test_nusax_official_splits_and_label_mapping(data_dir):
     s = load_nusax()
     assert s.sizes() == {"train": 500, "val": 100, "test": 400}
     assert s.class_names == ("negative", "neutral", "positive")
-    with open(os.path.join(os.environ["SCRATCHNET_DATA_DIR"], "nusax-sentiment/indonesian/test.csv")) as f:
+    with open(data_dir / "nusax-sentiment" / "indonesian" / "test.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["text"] for r in rows] == list(s.x_test)
     assert [s.class_names[i] for i in s.y_test] == [r["label"] for r in rows]
@@ -79,10 +88,9 @@ def test_data_dir_without_the_dataset_is_an_error(monkeypatch, tmp_path):
         load_nusax.__wrapped__()
 
 
-def test_truncated_cifar_batch_is_a_clear_error(tmp_path):
-    src = os.path.join(os.environ["SCRATCHNET_DATA_DIR"], "cifar-10-batches-py", "data_batch_1")
+def test_truncated_cifar_batch_is_a_clear_error(tmp_path, data_dir):
     bad = tmp_path / "data_batch_1"
-    bad.write_bytes(open(src, "rb").read()[:1000])
+    bad.write_bytes((data_dir / "cifar-10-batches-py" / "data_batch_1").read_bytes()[:1000])
     with pytest.raises(DataError, match="cannot read CIFAR-10 batch"):
         data._read_cifar_batch(bad)
 
