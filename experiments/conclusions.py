@@ -1,29 +1,24 @@
 """Study conclusions generated from the measured numbers only.
 
-Each sentence is derived from the rows it is given (test macro-F1 and per-epoch
-losses), so a conclusion can only say what the numbers show:
+A conclusion is built from the study's variants (per-seed test macro-F1, histories,
+parameter counts) and its pairwise comparisons (:mod:`experiments.stats`):
 
-* best and worst variant by test macro-F1, and the margins;
-* whether the margin exceeds sampling noise, estimated as two standard errors of an
-  accuracy ``p`` on ``n`` test items, ``2 * sqrt(p (1 - p) / n)``;
-* monotonicity, only for ordered hyperparameters (numbers, or tuples compared by sum);
-* overfitting per variant: after the epoch of minimum validation loss, validation
-  loss rose while training loss kept falling.
+* a difference is called an *effect* only when its 95% interval over seeds excludes 0;
+* a *trend* over an ordered hyperparameter is claimed only when every step between
+  neighbouring values is an effect in the same direction;
+* runs are flagged, not explained away: *collapsed* (some class is never predicted on
+  test), *near-untrained* (at the restored epoch the training loss was still within 10%
+  of the chance-level loss ln k: an early-stopping artefact, not a trained model), *overfitting* (validation loss
+  rose after its minimum while training loss kept falling) and *at the epoch limit*
+  (the lowest validation loss came in the last epoch of the budget);
+* the validation split names the variant it would select; the test split never does.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
-
-def _order_key(value: Any):
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value):
-        return sum(value)
-    return None  # categorical (pooling type, direction): no order to be monotonic in
+NEAR_UNTRAINED = 0.9   # training loss at the restored epoch >= 0.9 ln(k): barely trained
 
 
 def overfitting(history: dict) -> dict | None:
@@ -44,67 +39,136 @@ def overfitting(history: dict) -> dict | None:
     return None
 
 
-def noise_margin(accuracy: float, n: int) -> float:
-    return 2 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / max(n, 1))
+def run_flags(run: dict, n_classes: int) -> dict:
+    """What went wrong (or notably) in one run; all False for a healthy run."""
+    history = run.get("history") or {}
+    budget = (run.get("recipe") or {}).get("epochs")
+    val, train = history.get("val_loss") or [], history.get("loss") or []
+    best = run.get("best_epoch")
+    train_at_best = train[best - 1] if best and 0 < best <= len(train) else None
+    return {
+        "collapsed": bool(n_classes and run.get("predicted_classes", n_classes) < n_classes),
+        "near_untrained": bool(train_at_best is not None and n_classes
+                               and train_at_best >= NEAR_UNTRAINED * math.log(n_classes)),
+        "overfit": overfitting(history) is not None,
+        "at_epoch_limit": bool(val and budget and len(val) == budget and min(val) == val[-1]),
+    }
 
 
-def conclude(title: str, rows: list[dict]) -> str:
-    """A paragraph about one study.
+def _order_key(value: Any):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value):
+        return sum(value)
+    return None  # categorical (pooling type, direction): no order to trend in
 
-    ``rows``: one dict per variant with ``label``, ``value``, ``f1``, ``accuracy``,
-    ``n_test``, ``history`` (loss/val_loss per epoch) and ``best_val_loss``.
-    """
-    if not rows:
-        return f"{title}: no variant ran, so there is nothing to conclude."
-    ranked = sorted(rows, key=lambda r: -r["f1"])
-    best, worst = ranked[0], ranked[-1]
+
+def _fmt_sd(sd) -> str:
+    return "" if sd is None else f" ± {sd:.3f}"
+
+
+def _interval(c: dict) -> str:
+    return f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+
+
+def _runs_flagged(variants: list[dict], flag: str) -> list[str]:
+    return [f"{v['label']} seed {r['seed']}" for v in variants for r in v["runs"] if r["flags"][flag]]
+
+
+def conclude(study: dict, variants: list[dict]) -> str:
+    """A paragraph about one study; ``study`` holds ``title``, ``comparisons`` and
+    ``also_changes``; ``variants`` are the aggregated variants in declaration order."""
+    label = {v["variant"]: v["label"] for v in variants}
+    ran = [v for v in variants if v["runs"]]
+    if not ran:
+        return f"{study['title']}: no variant is trained yet, so there is nothing to conclude."
     parts = []
-    if len(rows) == 1:
-        parts.append(f"Only {best['label']} ran (test macro-F1 {best['f1']:.4f}); no comparison is possible.")
+    missing = [f"{v['label']} ({len(v['runs'])} of {len(v['seeds_planned'])} seeds)"
+               for v in variants if len(v["runs"]) < len(v["seeds_planned"])]
+    if missing:
+        parts.append("Incomplete: " + ", ".join(missing) + " are trained so far; "
+                     "what follows covers only the runs that exist.")
+    parts.append("Mean test macro-F1 over seeds: " + "; ".join(
+        f"{v['label']} {v['f1_mean']:.3f}{_fmt_sd(v['f1_std'])} (n={len(v['runs'])})" for v in ran) + ".")
+
+    comps = study["comparisons"]
+    testable = [c for c in comps if c["ci_low"] is not None]
+    effects = [c for c in testable if c["significant"]]
+    if not testable:
+        parts.append("No interval can be computed: that needs at least two seeds per variant.")
+    elif effects:
+        parts.append("Effects (the 95% Welch interval over seeds excludes 0): " + "; ".join(
+            f"{label[c['a'] if c['mean_diff'] > 0 else c['b']]} beats "
+            f"{label[c['b'] if c['mean_diff'] > 0 else c['a']]} by {abs(c['mean_diff']):.3f} "
+            f"(a − b {_interval(c)}, p = {c['p_value']:.3g})" for c in effects) + ".")
+        rest = [c for c in testable if not c["significant"]]
+        if rest:
+            parts.append("Not effects (interval includes 0): " + "; ".join(
+                f"{label[c['a']]} vs {label[c['b']]} ({c['mean_diff']:+.3f}, {_interval(c)})" for c in rest) + ".")
     else:
-        second = ranked[1]
-        noise = noise_margin(best["accuracy"], best["n_test"])
-        parts.append(f"Best test macro-F1: {best['label']} ({best['f1']:.4f}), "
-                     f"{best['f1'] - second['f1']:.4f} ahead of {second['label']} ({second['f1']:.4f})"
-                     + (f" and {best['f1'] - worst['f1']:.4f} ahead of the worst, {worst['label']} "
-                        f"({worst['f1']:.4f})." if len(rows) > 2 else "."))
-        if best["f1"] - worst["f1"] < noise:
-            parts.append(f"The whole spread is below the sampling noise of this test set "
-                         f"(about ±{noise:.3f} at n={best['n_test']}), so this study does not "
-                         f"show a reliable effect.")
-        elif best["f1"] - second["f1"] < noise:
-            parts.append(f"The lead over {second['label']} is within sampling noise "
-                         f"(about ±{noise:.3f} at n={best['n_test']}); the gap to the worst variant is not.")
-        keys = [_order_key(r["value"]) for r in rows]
-        if len(rows) > 2 and all(k is not None for k in keys):
-            ordered = [r for _, r in sorted(zip(keys, rows), key=lambda t: t[0])]
-            f1s = [r["f1"] for r in ordered]
-            caveat = " (though within noise)" if best["f1"] - worst["f1"] < noise else ""
-            if all(a < b for a, b in zip(f1s, f1s[1:])):
-                parts.append(f"Macro-F1 rises monotonically as the hyperparameter grows{caveat}.")
-            elif all(a > b for a, b in zip(f1s, f1s[1:])):
-                parts.append(f"Macro-F1 falls monotonically as the hyperparameter grows{caveat}.")
-            else:
-                peak = ordered[f1s.index(max(f1s))]
-                parts.append(f"The effect is not monotonic: macro-F1 peaks at {peak['label']}.")
-        by_val = min(rows, key=lambda r: r["best_val_loss"])
-        if by_val is best:
-            parts.append("The lowest validation loss points to the same variant.")
-        else:
-            parts.append(f"Validation loss would have picked {by_val['label']} "
-                         f"(best val loss {by_val['best_val_loss']:.4f}) instead.")
-    over = [(r, overfitting(r["history"])) for r in rows]
-    shown = [f"{r['label']} from epoch {o['start_epoch']} (val loss {o['best_val']:.3f} → "
-             f"{o['last_val']:.3f} while train loss {o['train_at_best']:.3f} → {o['last_train']:.3f})"
-             for r, o in over if o]
-    if shown:
-        parts.append("Overfitting shows in " + "; ".join(shown) + ".")
-    else:
-        parts.append("No variant overfits within the epochs run: validation loss never rose "
-                     "after its minimum while training loss fell.")
-    still_falling = [r for r in rows if r["history"]["val_loss"]
-                     and min(r["history"]["val_loss"]) == r["history"]["val_loss"][-1]]
-    if still_falling:
-        parts.append(f"Validation loss was lowest in the last epoch for {len(still_falling)} of "
-                     f"{len(rows)} variants: those runs ended at the epoch limit, not by early stopping.")
+        widest = max(testable, key=lambda c: abs(c["mean_diff"]))
+        parts.append(f"No difference is an effect: every 95% interval includes 0 (largest gap "
+                     f"{label[widest['a']]} − {label[widest['b']]} = {widest['mean_diff']:+.3f}, "
+                     f"{_interval(widest)}). Seed-to-seed spread is as large as anything this "
+                     f"hyperparameter does here.")
+
+    if testable:
+        parts += _trend(study, ran, comps, label)
+
+    by_val = min(ran, key=lambda v: v["best_val_loss_mean"])
+    by_test = max(ran, key=lambda v: v["f1_mean"])
+    parts.append(f"Validation (lowest mean best-epoch val loss) selects {by_val['label']}"
+                 + (", which also has the best mean test macro-F1." if by_val is by_test else
+                    f"; the best mean test macro-F1 belongs to {by_test['label']}, which validation "
+                    f"would not have picked."))
+
+    for flag, text in (
+            ("near_untrained", "Early-stopping artefacts (restored from an epoch whose training "
+                               "loss was near chance level: not a trained model)"),
+            ("collapsed", "Collapsed runs (some class is never predicted on test)")):
+        hits = _runs_flagged(ran, flag)
+        if hits:
+            parts.append(f"{text}: {', '.join(hits)}.")
+    n_runs = sum(len(v["runs"]) for v in ran)
+    over = _runs_flagged(ran, "overfit")
+    if over:
+        parts.append(f"Validation loss rose after its minimum while training loss kept falling in "
+                     f"{len(over)} of {n_runs} runs (overfitting; early stopping kept the best epoch).")
+    limit = _runs_flagged(ran, "at_epoch_limit")
+    if limit:
+        parts.append(f"{len(limit)} of {n_runs} runs had their lowest validation loss in the last "
+                     f"epoch of the budget.")
+    if study.get("also_changes"):
+        parts.append(study["also_changes"])
+    params = [f"{v['label']} {v['params']:,}" for v in ran if v.get("params")]
+    if len({v.get('params') for v in ran}) > 1:
+        parts.append("Parameters: " + "; ".join(params) + ".")
     return " ".join(parts)
+
+
+def _trend(study: dict, ran: list[dict], comps: list[dict], label: dict) -> list[str]:
+    """A trend sentence for an ordered hyperparameter with 3+ values, backed by effects."""
+    keys = [_order_key(v["value"]) for v in ran]
+    if len(ran) < 3 or any(k is None for k in keys):
+        return []
+    ordered = [v["variant"] for _, v in sorted(zip(keys, ran), key=lambda t: t[0])]
+    by_pair = {(c["a"], c["b"]): c for c in comps}
+
+    def diff(lo, hi):  # mean(hi) - mean(lo), with significance
+        c = by_pair.get((hi, lo)) or by_pair.get((lo, hi))
+        sign = 1 if (hi, lo) in by_pair else -1
+        return sign * c["mean_diff"], bool(c["significant"])
+
+    steps = [diff(a, b) for a, b in zip(ordered, ordered[1:])]
+    if all(sig for _, sig in steps) and (all(d > 0 for d, _ in steps) or all(d < 0 for d, _ in steps)):
+        way = "rises" if steps[0][0] > 0 else "falls"
+        return [f"Macro-F1 {way} at every step from {label[ordered[0]]} to {label[ordered[-1]]}, "
+                f"and every step is an effect: a trend."]
+    end_d, end_sig = diff(ordered[0], ordered[-1])
+    if end_sig:
+        return [f"{label[ordered[-1] if end_d > 0 else ordered[0]]} beats "
+                f"{label[ordered[0] if end_d > 0 else ordered[-1]]}, but not every step between "
+                f"neighbouring values is an effect, so this is no evidence of a steady trend."]
+    return ["No trend is claimed: neither the steps nor the extremes differ beyond seed noise."]

@@ -3,23 +3,29 @@
 Loaded from the root ``conftest.py`` together with one plugin module per family
 (``experiments/families/*.py``).  Tests ask for:
 
+* ``run``          -- parametrized over every trained model of the profile: each distinct
+                      configuration once per seed, ids like ``cnn-3-32_64_128-3_3_3-max-s1``,
+                      with the family's marker (variants of several studies share a run);
 * ``variant``      -- parametrized over every study variant of every family, with ids
                       like ``cnn-filters-32_64_128`` and the family's marker;
 * ``family``       -- parametrized over the families (with their markers);
-* ``trained``      -- the variant's model under the selected profile (cache or train);
-* ``verification`` -- scratch vs Keras on the variant's whole test split (memoized).
+* ``trained``      -- the run's model under the selected profile (cache or train; with
+                      ``--no-train`` a run not trained yet is skipped, saying how to train it);
+* ``verification`` -- scratch vs Keras on the run's whole test split (memoized).
 """
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import pytest
 
 from .data import DATA_DIR_ENV
 from .families import all_families
 from .profiles import PROFILES, resolve_profile
-from .training import get_trained
+from .studies import Family, slug
+from .training import MissingModel, get_trained
 
 RETRAIN_SINCE_ENV = "SCRATCHNET_RETRAIN_SINCE"
 
@@ -56,7 +62,27 @@ def _family_marks(fam):
     return [getattr(pytest.mark, fam.name)]
 
 
+@dataclass(frozen=True)
+class Run:
+    """One configuration of a family trained with one seed."""
+    family: Family
+    config: dict
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return "-".join([self.family.name, *(slug(v) for v in self.config.values()), f"s{self.seed}"])
+
+
+def all_runs(profile: str) -> list[Run]:
+    return [Run(fam, config, seed) for fam in all_families() for config, seed in fam.runs(profile)]
+
+
 def pytest_generate_tests(metafunc):
+    if "run" in metafunc.fixturenames:
+        params = [pytest.param(r, id=r.id, marks=_family_marks(r.family))
+                  for r in all_runs(metafunc.config.scratchnet_profile)]
+        metafunc.parametrize("run", params, scope="session")
     if "variant" in metafunc.fixturenames:
         params = [pytest.param(v, id=v.id, marks=_family_marks(v.family))
                   for fam in all_families() for v in fam.variants()]
@@ -71,15 +97,30 @@ def profile(pytestconfig) -> str:
     return pytestconfig.scratchnet_profile
 
 
-def train_or_load(pytestconfig, family, config, profile):
+def train_or_load(pytestconfig, family, config, profile, seed=None):
+    """The trained model (``seed`` defaults to the config's first seed)."""
     since = os.environ.get(RETRAIN_SINCE_ENV)
-    return get_trained(family, config, profile, allow_train=not pytestconfig.getoption("--no-train"),
+    seed = family.seeds(profile, config)[0] if seed is None else seed
+    return get_trained(family, config, profile, seed,
+                       allow_train=not pytestconfig.getoption("--no-train"),
                        retrain_since=float(since) if since else None)
 
 
+def trained_or_skip(pytestconfig, family, config, profile, seed=None):
+    """:func:`train_or_load`, but a model missing under ``--no-train`` skips the test.
+
+    The full profile is built across several runs (it takes hours); a run that is not
+    trained yet is reported as such (and counted as missing in the report), never
+    verified as if it existed."""
+    try:
+        return train_or_load(pytestconfig, family, config, profile, seed)
+    except MissingModel as exc:
+        pytest.skip(f"not trained yet: {exc}")
+
+
 @pytest.fixture(scope="session")
-def trained(pytestconfig, variant, profile):
-    return train_or_load(pytestconfig, variant.family, variant.config, profile)
+def trained(pytestconfig, run, profile):
+    return trained_or_skip(pytestconfig, run.family, run.config, profile, run.seed)
 
 
 _VERIFIED: dict[str, tuple] = {}

@@ -37,6 +37,7 @@ class Study:
     values: tuple                   # the variants, in display order
     title: str                      # human title, e.g. "Filters per conv layer"
     describe: Callable[[Any], str] = field(default=lambda v: slug(v), compare=False)
+    also_changes: str = ""          # what else varying this changes (the conclusions say it)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ class Variant:
 class Family:
     """An experiment family: data, model builder, baseline, training recipe, studies.
 
-    ``recipe`` maps profile name -> training settings (epochs, batch_size, ...);
+    ``recipe`` maps profile name -> training settings (epochs, batch_size, ...,
+    ``seeds``: every configuration trains once per seed);
     ``load_data()`` returns :class:`experiments.data.Splits`;
     ``build_model(config, splits)`` returns an uncompiled ``keras.Model``.
     """
@@ -73,7 +75,6 @@ class Family:
     recipe: dict
     load_data: Callable[[str], Any]
     build_model: Callable[[dict, Any], Any]
-    seed: int = 42
 
     def variants(self) -> list[Variant]:
         return [Variant(self, s, v) for s in self.studies for v in s.values]
@@ -84,3 +85,17 @@ class Family:
         for v in self.variants():
             seen.setdefault(canonical(v.config), v.config)
         return list(seen.values())
+
+    def seeds(self, profile: str, config: dict) -> tuple[int, ...]:
+        """The seeds ``config`` trains with: ``baseline_seeds`` for the baseline, else ``seeds``."""
+        recipe = self.recipe[profile]
+        if canonical(config) == canonical(self.baseline) and "baseline_seeds" in recipe:
+            return tuple(recipe["baseline_seeds"])
+        return tuple(recipe["seeds"])
+
+    def runs(self, profile: str) -> list[tuple[dict, int]]:
+        """Every (config, seed) to train, seed-major: all configs get their first seed
+        before any gets its second, so an interrupted build covers every variant early."""
+        plan = [(c, self.seeds(profile, c)) for c in self.configs()]
+        depth = max(len(s) for _, s in plan)
+        return [(c, s[i]) for i in range(depth) for c, s in plan if i < len(s)]

@@ -1,8 +1,12 @@
 """Train one configuration of a family with Keras, or load it from the cache.
 
-Every run is seeded with ``keras.utils.set_random_seed(family.seed)``; the model is
-compiled with Adam and SparseCategoricalCrossentropy, trained with early stopping
-on validation loss (best weights restored) and saved without optimizer state.
+A *run* is one configuration trained with one seed: ``keras.utils.set_random_seed(seed)``,
+Adam (optionally on a warm-up + cosine-decay schedule) and
+SparseCategoricalCrossentropy, early stopping on validation loss with the best
+weights restored (never before ``min_epochs``), saved without optimizer state.
+The seeds of a profile are part of its recipe (``recipe["seeds"]``); each run is its
+own cache entry, keyed by the recipe *without* the seed list plus the run's seed, so
+adding seeds later reuses every run already trained.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from .studies import Family, fingerprint, slug
 
 CACHE_ENV = "SCRATCHNET_CACHE_DIR"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FORMAT_VERSION = 1  # bump when the entry layout or training loop changes meaning
+FORMAT_VERSION = 2  # bump when the entry layout or training loop changes meaning
 
 
 class MissingModel(RuntimeError):
@@ -41,14 +45,22 @@ def profile_data(family: Family, profile: str):
     return splits
 
 
-def config_key(family: Family, config: dict, profile: str, splits) -> str:
+SEED_LISTS = ("seeds", "baseline_seeds")
+
+
+def run_recipe(family: Family, profile: str) -> dict:
+    """The training settings of one run: the profile's recipe less its seed lists."""
+    return {k: v for k, v in family.recipe[profile].items() if k not in SEED_LISTS}
+
+
+def config_key(family: Family, config: dict, profile: str, splits, seed: int) -> str:
     return fingerprint({"family": family.name, "config": config, "profile": profile,
-                        "recipe": family.recipe[profile], "data": splits.fingerprint,
-                        "seed": family.seed, "format": FORMAT_VERSION})
+                        "recipe": run_recipe(family, profile), "data": splits.fingerprint,
+                        "seed": seed, "format": FORMAT_VERSION})
 
 
-def entry_name(family: Family, config: dict, key: str) -> str:
-    return "-".join([family.name, *(slug(v) for v in config.values()), key[:8]])
+def entry_name(family: Family, config: dict, key: str, seed: int) -> str:
+    return "-".join([family.name, *(slug(v) for v in config.values()), f"s{seed}", key[:8]])
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,7 @@ class TrainedModel:
     family: Family
     config: dict
     profile: str
+    seed: int
     entry: Entry
     cache_hit: bool
 
@@ -91,46 +104,93 @@ def _progress_callback(label: str, max_epochs: int):
     return ProgressLine()
 
 
-def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, label: str) -> dict:
-    """Train ``config`` on ``splits``; save ``out_dir/model.keras``; return the metadata."""
+def learning_rate(recipe: dict, n_train: int):
+    """Adam's learning rate: a constant, or linear warm-up then cosine decay to 0.
+
+    ``schedule: "warmup_cosine"`` warms up from 0 over ``warmup_epochs`` to
+    ``learning_rate`` and decays over the remaining ``epochs`` (in optimizer steps).
+    """
     import keras
 
-    recipe = family.recipe[profile]
-    keras.utils.set_random_seed(family.seed)
+    if recipe.get("schedule", "constant") == "constant":
+        return recipe["learning_rate"]
+    if recipe["schedule"] != "warmup_cosine":
+        raise ValueError(f"unknown learning-rate schedule {recipe['schedule']!r}")
+    steps_per_epoch = -(-n_train // recipe["batch_size"])
+    warmup = int(recipe["warmup_epochs"] * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=recipe["learning_rate"], warmup_steps=warmup,
+        decay_steps=recipe["epochs"] * steps_per_epoch - warmup)
+
+
+def class_weights(recipe: dict, y_train) -> dict | None:
+    """``class_weight: "balanced"``: weights n / (k * n_c), so every class adds the same
+    total loss (macro-F1 counts each class alike); None trains unweighted."""
+    if recipe.get("class_weight") is None:
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+    import numpy as np
+
+    classes = np.unique(y_train)
+    weights = compute_class_weight(recipe["class_weight"], classes=classes, y=y_train)
+    return {int(c): float(w) for c, w in zip(classes, weights)}
+
+
+def best_epoch(history: dict, min_epochs: int = 0) -> int | None:
+    """1-based epoch whose weights early stopping restored: lowest val loss from ``min_epochs`` on."""
+    val = history.get("val_loss") or []
+    start = min(max(min_epochs - 1, 0), max(len(val) - 1, 0))
+    if not val:
+        return None
+    return start + 1 + min(range(len(val) - start), key=lambda i: val[start + i])
+
+
+def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, label: str,
+             seed: int) -> dict:
+    """Train ``config`` with ``seed`` on ``splits``; save ``out_dir/model.keras``; return the metadata."""
+    import keras
+
+    recipe = run_recipe(family, profile)
+    keras.utils.set_random_seed(seed)
     model = family.build_model(config, splits)
-    model.compile(optimizer=keras.optimizers.Adam(recipe["learning_rate"]),
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(recipe, len(splits.y_train))),
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     callbacks = [_progress_callback(label, recipe["epochs"])]
     if recipe.get("patience"):
+        # start_from_epoch: the weights of the first epochs, near the initialization, can
+        # never be the ones restored (an early-stopping artefact, not a trained model).
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=recipe["patience"], restore_best_weights=True))
+            monitor="val_loss", patience=recipe["patience"], restore_best_weights=True,
+            start_from_epoch=recipe.get("min_epochs", 0)))
     start = time.perf_counter()
     history = model.fit(splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val),
                         epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+                        class_weight=class_weights(recipe, splits.y_train),
                         callbacks=callbacks, verbose=0)
     seconds = time.perf_counter() - start
     model.optimizer = None  # the optimizer state is not needed for inference: keep files lean
     model.save(out_dir / MODEL_FILE)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     val_loss = hist.get("val_loss", [])
-    return {"family": family.name, "config": config, "profile": profile, "seed": family.seed,
+    best = best_epoch(hist, recipe.get("min_epochs", 0) + 1) if recipe.get("patience") else len(val_loss)
+    return {"family": family.name, "config": config, "profile": profile, "seed": seed,
             "recipe": recipe, "data_source": splits.source, "data_fingerprint": splits.fingerprint,
             "split_sizes": splits.sizes(), "epochs": len(hist["loss"]),
-            "best_epoch": (val_loss.index(min(val_loss)) + 1) if val_loss else None,
+            "best_epoch": best, "best_val_loss": val_loss[best - 1] if best else None,
             "history": hist, "train_seconds": round(seconds, 2), "params": int(model.count_params()),
             "keras_version": keras.__version__, "created": time.time()}
 
 
-def get_trained(family: Family, config: dict, profile: str, *, retrain: bool = False,
+def get_trained(family: Family, config: dict, profile: str, seed: int, *, retrain: bool = False,
                 retrain_since: float | None = None, allow_train: bool = True) -> TrainedModel:
-    """The trained model for ``config``: from the cache, or trained now and cached.
+    """The model of ``config`` trained with ``seed``: from the cache, or trained now and cached.
 
     ``retrain`` ignores the cache; ``retrain_since`` (a timestamp) ignores only entries
     created before it, so parallel workers retrain a shared model once.
     """
     splits = profile_data(family, profile)
-    key = config_key(family, config, profile, splits)
-    name = entry_name(family, config, key)
+    key = config_key(family, config, profile, splits, seed)
+    name = entry_name(family, config, key, seed)
     cache = ModelCache(cache_root(profile))
 
     def build(tmp: Path) -> dict:
@@ -140,7 +200,7 @@ def get_trained(family: Family, config: dict, profile: str, *, retrain: bool = F
                 f"here. Run `make report` (or `python -m experiments train --profile {profile}`) "
                 "to train it, then commit reports/models/.")
         print(f"[scratchnet] training {name} on {splits.source}", file=sys.stderr, flush=True)
-        return train_to(tmp, family, config, profile, splits, name)
+        return train_to(tmp, family, config, profile, splits, name, seed)
 
     entry, hit = cache.get_or_build(name, key, build, force=retrain, stale_before=retrain_since)
-    return TrainedModel(family, config, profile, entry, hit)
+    return TrainedModel(family, config, profile, seed, entry, hit)

@@ -24,6 +24,7 @@ class Verification:
     scratch_f1: float
     keras_accuracy: float
     predicted_classes: int    # distinct classes Keras predicts; 1 means a collapsed model
+    per_class_f1: list        # test F1 of each class (Keras predictions)
     agreement: float          # fraction of items with the same argmax
     max_abs_diff: float       # max |p_scratch - p_keras| over all items and classes
     allclose: bool
@@ -58,11 +59,21 @@ def compare(keras_probs: np.ndarray, scratch_probs: np.ndarray, y_true: np.ndarr
         scratch_f1=float(f1_score(y_true, sp, average="macro", labels=labels, zero_division=0)),
         keras_accuracy=float(np.mean(kp == y_true)),
         predicted_classes=int(len(np.unique(kp))),
+        per_class_f1=[float(f) for f in f1_score(y_true, kp, average=None, labels=labels, zero_division=0)],
         agreement=float(np.mean(kp == sp)),
         max_abs_diff=float(np.max(np.abs(keras_probs - scratch_probs))) if keras_probs.size else 0.0,
         allclose=bool(np.allclose(scratch_probs, keras_probs, atol=ATOL, rtol=RTOL)),
         confusion=confusion_matrix(y_true, kp, labels=labels).tolist(),
         keras_seconds=round(keras_seconds, 3), scratch_seconds=round(scratch_seconds, 3))
+
+
+def misclassified_examples(y_true: np.ndarray, keras_probs: np.ndarray, n: int = 8) -> list[dict]:
+    """The ``n`` test items Keras gets wrong with the most confidence: index, true, predicted, p."""
+    pred = keras_probs.argmax(-1)
+    wrong = np.flatnonzero(pred != y_true)
+    wrong = wrong[np.argsort(-keras_probs[wrong, pred[wrong]], kind="stable")][:n]
+    return [{"index": int(i), "true": int(y_true[i]), "predicted": int(pred[i]),
+             "confidence": float(keras_probs[i, pred[i]])} for i in wrong]
 
 
 def verify_model(keras_model, scratch_model, x_test, y_test, n_classes: int) -> tuple[Verification, np.ndarray, np.ndarray]:

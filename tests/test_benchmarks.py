@@ -8,7 +8,7 @@ on the same machine; the report shows the ratio.  No timing is asserted.
 import pytest
 
 import scratch_layers
-from experiments.plugin import train_or_load
+from experiments.plugin import trained_or_skip
 from experiments.report import record
 from experiments.verify import KERAS_BATCH
 
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.bench, pytest.mark.slow]
 
 @pytest.fixture(scope="session")
 def bench_models(pytestconfig, family, profile):
-    tm = train_or_load(pytestconfig, family, family.baseline, profile)
+    tm = trained_or_skip(pytestconfig, family, family.baseline, profile)
     x = family.load_data().x_test
     return tm, tm.load_keras(), scratch_layers.load_model(tm.path), x
 

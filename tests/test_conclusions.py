@@ -1,48 +1,131 @@
-"""Generated conclusions say only what the numbers show."""
-from experiments.conclusions import conclude, overfitting
+"""Statistics and generated conclusions say only what the numbers show."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from experiments.conclusions import conclude, overfitting, run_flags
+from experiments.results import mean_history
+from experiments.stats import pairwise, summarize, welch
 
 
-def row(label, value, f1, val, loss=None, n=10000, acc=None):
-    loss = loss or [2.0 - 0.2 * i for i in range(len(val))]
-    return {"label": label, "value": value, "f1": f1, "accuracy": acc if acc is not None else f1,
-            "n_test": n, "history": {"loss": loss, "val_loss": val}, "best_val_loss": min(val)}
+# ----------------------------------------------------------------------------- statistics
 
+def test_welch_matches_scipy_and_its_interval_contains_the_difference():
+    a, b = [0.70, 0.72, 0.69, 0.71, 0.73], [0.60, 0.66, 0.58, 0.65, 0.61]
+    c = welch("a", a, "b", b)
+    ref = sps.ttest_ind(a, b, equal_var=False)
+    assert c.p_value == pytest.approx(ref.pvalue)
+    assert c.mean_diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert c.ci_low < c.mean_diff < c.ci_high and c.significant
+
+
+def test_welch_interval_includes_zero_for_seed_noise():
+    # the issue's numbers: SimpleRNN baseline vs 2 layers over seeds 1, 2, 3, 4, 42
+    c = welch("bi64", [.549, .509, .514, .512, .651], "2layers", [.499, .597, .634, .487, .498])
+    assert c.ci_low < 0 < c.ci_high and not c.significant
+
+
+def test_one_seed_gives_no_interval_and_no_effect():
+    c = welch("a", [0.9], "b", [0.1, 0.2])
+    assert c.ci_low is None and c.p_value is None and not c.significant
+    assert c.mean_diff == pytest.approx(0.75)
+
+
+def test_pairwise_covers_every_pair_once_in_declaration_order():
+    cs = pairwise(["x", "y", "z", "empty"], {"x": [1, 2], "y": [2, 3], "z": [3, 5], "empty": []})
+    assert [(c.a, c.b) for c in cs] == [("x", "y"), ("x", "z"), ("y", "z")]
+
+
+def test_summary_uses_sample_sd():
+    s = summarize([0.5, 0.7])
+    assert s.mean == pytest.approx(0.6) and s.std == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert math.isnan(summarize([0.5]).std) and summarize([0.5]).as_dict()["std"] is None
+
+
+def test_mean_history_averages_over_the_runs_that_reached_each_epoch():
+    h = mean_history([{"loss": [3, 2, 1], "val_loss": [3, 2, 2]}, {"loss": [5, 4], "val_loss": [4, 3]}])
+    assert h["loss"] == [4, 3, 1] and h["n"] == [2, 2, 1]
+    assert h["val_loss_min"] == [3, 2, 2] and h["val_loss_max"] == [4, 3, 2]
+
+
+# ----------------------------------------------------------------------------- run flags
 
 def test_overfitting_detects_the_epoch_after_the_val_minimum():
     o = overfitting({"loss": [2, 1.5, 1.2, 1.0, 0.8], "val_loss": [1.9, 1.4, 1.3, 1.35, 1.5]})
     assert o["start_epoch"] == 4 and o["best_val"] == 1.3 and o["last_val"] == 1.5
     assert overfitting({"loss": [2, 1.5, 1.2], "val_loss": [1.9, 1.4, 1.3]}) is None
-    # val rises but train loss rises too: not overfitting
     assert overfitting({"loss": [2, 1.5, 1.7], "val_loss": [1.9, 1.4, 1.6]}) is None
 
 
-def test_monotonic_increase_and_best_margin():
-    text = conclude("Layers", [row("1", 1, 0.60, [1, .9]), row("2", 2, 0.65, [1, .8]), row("3", 3, 0.70, [1, .7])])
-    assert "Best test macro-F1: 3 (0.7000), 0.0500 ahead of 2" in text
-    assert "rises monotonically as the hyperparameter grows." in text
-    assert "same variant" in text
-    assert "No variant overfits" in text
-    assert "lowest in the last epoch for 3 of 3 variants" in text
+def test_flags_name_artefacts_and_collapse():
+    untrained = {"history": {"loss": [1.09, 0.5, 0.2], "val_loss": [1.05, 1.1, 1.2]}, "best_epoch": 1,
+                 "predicted_classes": 2, "recipe": {"epochs": 40}}
+    f = run_flags(untrained, 3)
+    assert f["near_untrained"] and f["collapsed"] and f["overfit"] and not f["at_epoch_limit"]
+    healthy = {"history": {"loss": [1.0, 0.5, 0.3], "val_loss": [1.0, 0.8, 0.7]}, "best_epoch": 3,
+               "predicted_classes": 3, "recipe": {"epochs": 3}}
+    f = run_flags(healthy, 3)
+    assert not (f["near_untrained"] or f["collapsed"] or f["overfit"]) and f["at_epoch_limit"]
 
 
-def test_non_monotonic_and_validation_disagreement():
-    text = conclude("Units", [row("32", 32, 0.60, [1, .7]), row("64", 64, 0.70, [1, .8]), row("128", 128, 0.65, [1, .9])])
-    assert "not monotonic" in text and "peaks at 64" in text
-    assert "Validation loss would have picked 32" in text
+# ----------------------------------------------------------------------------- conclusions
+
+def variant(vid, label, value, f1s, val=0.8, params=1000, flags=None):
+    runs = [{"seed": i + 1, "keras_f1": f, "flags": {"near_untrained": False, "collapsed": False,
+                                                     "overfit": False, "at_epoch_limit": False, **(flags or {})}}
+            for i, f in enumerate(f1s)]
+    s = summarize(f1s)
+    return {"variant": vid, "label": label, "value": value, "runs": runs, "seeds_planned": list(range(len(f1s))),
+            "f1_mean": s.mean, "f1_std": s.as_dict()["std"], "best_val_loss_mean": val, "params": params}
 
 
-def test_categorical_study_makes_no_monotonic_claim_and_flags_noise():
-    text = conclude("Pooling", [row("max", "max", 0.700, [1, .8], n=400), row("avg", "avg", 0.705, [1, .9], n=400)])
-    assert "monoton" not in text
-    assert "below the sampling noise" in text
+def study(variants, also=""):
+    comps = [c.as_dict() for c in pairwise([v["variant"] for v in variants],
+                                           {v["variant"]: [r["keras_f1"] for r in v["runs"]] for v in variants})]
+    return {"title": "T", "comparisons": comps, "also_changes": also}
 
 
-def test_monotonic_trend_within_noise_is_qualified():
-    text = conclude("K", [row("3", (3, 3), 0.700, [1, .9]), row("5", (5, 5), 0.699, [1, .8]), row("7", (7, 7), 0.698, [1, .7])])
-    assert "falls monotonically as the hyperparameter grows (though within noise)" in text
+def test_noise_only_study_claims_no_effect_and_no_trend():
+    vs = [variant("a", "1 layer", 1, [.549, .509, .514, .512, .651]),
+          variant("b", "2 layers", 2, [.499, .597, .634, .487, .498]),
+          variant("c", "3 layers", 3, [.742, .532, .721, .628, .478])]
+    text = conclude(study(vs), vs)
+    assert "No difference is an effect" in text and "No trend is claimed" in text
+    assert "monoton" not in text and "beats" not in text
 
 
-def test_overfitting_is_reported_with_its_epoch():
-    text = conclude("K", [row("a", 1, 0.7, [1.0, 0.8, 0.9, 1.0], loss=[1.5, 1.0, 0.7, 0.5]), row("b", 2, 0.6, [1.0, 0.9])])
-    assert "Overfitting shows in a from epoch 3" in text
-    assert "lowest in the last epoch for 1 of 2" in text
+def test_steady_trend_needs_every_step_to_be_an_effect():
+    vs = [variant("a", "32", 32, [.60, .61, .59]), variant("b", "64", 64, [.70, .71, .69]),
+          variant("c", "128", 128, [.80, .81, .79], val=0.5)]
+    text = conclude(study(vs), vs)
+    assert "rises at every step from 32 to 128" in text and "a trend" in text
+    assert "selects 128, which also has the best mean test macro-F1" in text
+
+
+def test_endpoint_effect_without_steps_is_not_a_trend():
+    vs = [variant("a", "32", 32, [.60, .64, .56]), variant("b", "64", 64, [.65, .70, .60]),
+          variant("c", "128", 128, [.70, .74, .66])]
+    text = conclude(study(vs), vs)
+    assert "128 beats 32" in text and "no evidence of a steady trend" in text
+
+
+def test_categorical_study_states_effect_artefacts_and_what_else_changes():
+    vs = [variant("max", "max pooling", "max", [.80, .81], val=0.6),
+          variant("avg", "average pooling", "avg", [.70, .71], val=0.7,
+                  flags={"near_untrained": True, "collapsed": True})]
+    text = conclude(study(vs, also="Pooling has no weights."), vs)
+    assert "max pooling beats average pooling by 0.100" in text
+    assert "trend" not in text
+    assert "Early-stopping artefacts" in text and "average pooling seed 1" in text
+    assert "Collapsed runs" in text and "overfitting" not in text
+    assert text.endswith("Pooling has no weights.")
+
+
+def test_missing_seeds_and_single_seeds_are_said():
+    vs = [variant("a", "a", 1, [.5]), variant("b", "b", 2, [.6])]
+    vs[0]["seeds_planned"] = [1, 2]
+    text = conclude(study(vs), vs)
+    assert "Incomplete: a (1 of 2 seeds)" in text and "No interval can be computed" in text
+    assert "trend" not in text

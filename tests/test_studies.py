@@ -52,7 +52,60 @@ def test_cnn_variant_builds_with_required_layers(v):
     assert [c.filters for c in convs][:3] == list(v.config["filters"])[:n]
     assert [c.kernel_size[0] for c in convs][:3] == list(v.config["kernel_sizes"])[:n]
     assert all(c.padding == "same" for c in convs)
+    assert types.count("BatchNormalization") == n and types.count("ReLU") == n
+    assert {"RandomFlip", "RandomTranslation"} <= set(types), "training-time augmentation"
     assert model.output_shape == (None, 10)
+
+
+def test_seeds_are_part_of_the_full_recipe_and_smoke_stays_at_one():
+    fams = {f.name: f for f in all_families()}
+    cnn = fams["cnn"]
+    assert len(cnn.seeds("full", cnn.baseline)) >= 3
+    assert all(len(cnn.seeds("full", c)) >= 2 for c in cnn.configs())
+    for name in ("rnn", "lstm"):
+        assert all(len(fams[name].seeds("full", c)) >= 5 for c in fams[name].configs())
+    for fam in fams.values():
+        assert all(len(fam.seeds("smoke", c)) == 1 for c in fam.configs())
+
+
+def test_runs_are_seed_major_so_an_interrupted_build_covers_every_variant():
+    cnn = next(f for f in all_families() if f.name == "cnn")
+    runs = cnn.runs("full")
+    n = len(cnn.configs())
+    assert [s for _, s in runs[:n]] == [1] * n, "every configuration gets its first seed first"
+    assert len(runs) == sum(len(cnn.seeds("full", c)) for c in cnn.configs())
+    assert len({(canonical(c), s) for c, s in runs}) == len(runs)
+
+
+def test_adding_a_seed_keeps_the_keys_of_runs_already_trained():
+    from dataclasses import replace
+
+    from experiments.training import config_key
+
+    class Splits:
+        fingerprint = "data"
+    fam = next(f for f in all_families() if f.name == "rnn")
+    more = replace(fam, recipe={**fam.recipe, "full": {**fam.recipe["full"], "seeds": (1, 2, 3, 4, 5, 6)}})
+    assert config_key(fam, fam.baseline, "full", Splits, 1) == config_key(more, fam.baseline, "full", Splits, 1)
+    assert config_key(fam, fam.baseline, "full", Splits, 1) != config_key(fam, fam.baseline, "full", Splits, 2)
+    changed = replace(fam, recipe={**fam.recipe, "full": {**fam.recipe["full"], "patience": 99}})
+    assert config_key(changed, fam.baseline, "full", Splits, 1) != config_key(fam, fam.baseline, "full", Splits, 1)
+
+
+def test_warmup_cosine_schedule_and_restored_epoch():
+    import numpy as np
+
+    from experiments.training import best_epoch, learning_rate
+    recipe = {"schedule": "warmup_cosine", "learning_rate": 2e-3, "warmup_epochs": 1, "epochs": 4,
+              "batch_size": 10}
+    lr = learning_rate(recipe, 100)   # 10 steps per epoch, 40 in all
+    vals = [float(lr(step)) for step in (0, 5, 10, 25, 40)]
+    assert vals[0] == 0 and np.isclose(vals[1], 1e-3) and np.isclose(vals[2], 2e-3)
+    assert 0 < vals[3] < 2e-3 and np.isclose(vals[4], 0, atol=1e-9)
+    assert learning_rate({"learning_rate": 1e-3}, 100) == 1e-3
+    # the lowest val loss is at epoch 1, but early stopping may not restore epochs 1-5
+    hist = {"val_loss": [0.5, 0.9, 0.9, 0.9, 0.9, 0.8, 0.7, 0.75]}
+    assert best_epoch(hist) == 1 and best_epoch(hist, min_epochs=6) == 7
 
 
 @pytest.fixture(scope="module")

@@ -1,42 +1,42 @@
-"""Every study variant: scratch_layers equals Keras on the variant's whole test split.
+"""Every trained run (configuration x seed): scratch_layers equals Keras on the whole test split.
 
 Models come from the cache of the selected profile (``reports/models`` for ``full``),
-or are trained now.  With ``--no-train`` (CI) a missing model is an error.
+or are trained now.  With ``--no-train`` (CI) a run that is not trained yet is skipped
+with the command that trains it; the report counts such runs as missing.
 """
 import numpy as np
 import pytest
 
 import scratch_layers
 from experiments.report import record
-from experiments.verify import ATOL, RTOL, failure_message, layer_divergence
+from experiments.verify import ATOL, RTOL, failure_message, layer_divergence, misclassified_examples
 
 pytestmark = pytest.mark.slow
 
 
-def test_scratch_matches_keras(variant, trained, verification, request):
+def test_scratch_matches_keras(run, trained, verification, request):
     v, keras_model, scratch_model, kp, sp = verification
-    splits = variant.family.load_data()
+    splits = run.family.load_data()
     meta = trained.meta
-    record(request, "variant", study=variant.study.name, study_title=variant.study.title,
-           family=variant.family.name, variant=variant.id, label=variant.label, value=variant.value,
-           hyperparameters=variant.config, profile=trained.profile, epochs=meta["epochs"],
-           best_epoch=meta["best_epoch"], history=meta["history"], params=meta["params"],
-           train_seconds=meta["train_seconds"], seed=meta["seed"], model=trained.entry.path.name,
-           data_source=meta["data_source"], split_sizes=meta["split_sizes"],
-           class_names=list(splits.class_names), **v.as_dict())
+    record(request, "run", family=run.family.name, run=run.id, config=run.config, seed=run.seed,
+           profile=trained.profile, recipe=meta["recipe"], epochs=meta["epochs"],
+           best_epoch=meta["best_epoch"], best_val_loss=meta["best_val_loss"],
+           history=meta["history"], params=meta["params"], train_seconds=meta["train_seconds"],
+           model=trained.entry.path.name, data_source=meta["data_source"],
+           split_sizes=meta["split_sizes"], class_names=list(splits.class_names),
+           misclassified=misclassified_examples(splits.y_test, kp), **v.as_dict())
     assert v.n_test == len(splits.y_test), "verification must cover the whole test split"
-    assert v.passed, failure_message(variant.id, v, keras_model, scratch_model, splits.x_test, kp, sp)
+    assert v.passed, failure_message(run.id, v, keras_model, scratch_model, splits.x_test, kp, sp)
     if trained.profile == "full":  # agreement on a collapsed model would prove little
-        assert v.predicted_classes > 1, \
-            f"{variant.id} predicts a single class: collapsed model"
-    print(f"{variant.id}: max|dp| {v.max_abs_diff:.2e}, agreement {v.agreement:.2%}, "
+        assert v.predicted_classes > 1, f"{run.id} predicts a single class: collapsed model"
+    print(f"{run.id}: max|dp| {v.max_abs_diff:.2e}, agreement {v.agreement:.2%}, "
           f"macro-F1 {v.keras_f1:.4f}")
 
 
 @pytest.fixture(scope="session")
 def baseline_trained(pytestconfig, family, profile):
-    from experiments.plugin import train_or_load
-    return train_or_load(pytestconfig, family, family.baseline, profile)
+    from experiments.plugin import trained_or_skip
+    return trained_or_skip(pytestconfig, family, family.baseline, profile)
 
 
 def test_layer_by_layer(family, baseline_trained, request):
@@ -60,10 +60,10 @@ def test_raw_text_pipeline_matches_keras(pytestconfig, profile, family_name):
     and the token ids equal Keras' token for token."""
     import keras
     from experiments.families import family
-    from experiments.plugin import train_or_load
+    from experiments.plugin import trained_or_skip
 
     fam = family(family_name)
-    tm = train_or_load(pytestconfig, fam, fam.baseline, profile)
+    tm = trained_or_skip(pytestconfig, fam, fam.baseline, profile)
     texts = fam.load_data().x_test
     keras_model = tm.load_keras()
     scratch_model = scratch_layers.load_model(tm.path)
