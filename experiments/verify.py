@@ -4,6 +4,11 @@ Tolerances follow the project standard: ``np.allclose(scratch, keras, atol=1e-5,
 rtol=1e-5)`` on the softmax outputs, the same argmax for every item and equal
 macro-F1.  When a model fails, :func:`layer_divergence` finds the first layer whose
 intermediate outputs differ, so the failure says *where*.
+
+Keras computes in float32 and scratch in float64, so the two can differ by float32
+rounding alone.  The *float64 twin* (:func:`float64_twin`: same config with float64
+dtype policies, same weights cast up) is Keras' own maths in float64: scratch must
+equal it to ``TWIN_ATOL``, which separates Keras' rounding from a scratch error.
 """
 from __future__ import annotations
 
@@ -12,9 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-ATOL = 1e-5
-RTOL = 1e-5
-KERAS_BATCH = 256
+from scratch_layers.verify import (ATOL, KERAS_BATCH, RTOL, TWIN_ATOL, as_float64, float64_twin,  # noqa: F401
+                                   keras_intermediate_outputs, layer_divergence)
 
 
 @dataclass
@@ -31,11 +35,16 @@ class Verification:
     confusion: list           # rows = true class, columns = Keras prediction
     keras_seconds: float
     scratch_seconds: float
+    max_abs_diff_float64: float | None = None   # max |p_scratch - p_twin|, float64 twin
+
+    @property
+    def twin_ok(self) -> bool:
+        return self.max_abs_diff_float64 is None or self.max_abs_diff_float64 <= TWIN_ATOL
 
     @property
     def passed(self) -> bool:
         return (self.allclose and self.agreement == 1.0 and self.max_abs_diff <= ATOL
-                and round(self.keras_f1, 4) == round(self.scratch_f1, 4))
+                and round(self.keras_f1, 4) == round(self.scratch_f1, 4) and self.twin_ok)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -76,43 +85,20 @@ def misclassified_examples(y_true: np.ndarray, keras_probs: np.ndarray, n: int =
              "confidence": float(keras_probs[i, pred[i]])} for i in wrong]
 
 
-def verify_model(keras_model, scratch_model, x_test, y_test, n_classes: int) -> tuple[Verification, np.ndarray, np.ndarray]:
-    """Run both forward passes on the whole split; return the comparison and both outputs."""
+def verify_model(keras_model, scratch_model, x_test, y_test, n_classes: int,
+                 twin: bool = True) -> tuple[Verification, np.ndarray, np.ndarray]:
+    """Run both forward passes (and the float64 twin's) on the whole split; return the
+    comparison and both outputs."""
     t0 = time.perf_counter()
     kp = keras_predict(keras_model, x_test)
     t1 = time.perf_counter()
     sp = scratch_model.predict(x_test)
     t2 = time.perf_counter()
-    return compare(kp, sp, y_test, n_classes, t1 - t0, t2 - t1), kp, sp
-
-
-def keras_intermediate_outputs(keras_model, x) -> dict[str, np.ndarray]:
-    """Output of every non-input layer of a functional Keras model, by layer name."""
-    import keras
-
-    layers = [l for l in keras_model.layers if not isinstance(l, keras.layers.InputLayer)]
-    probe = keras.Model(keras_model.inputs, [l.output for l in layers])
-    outs = probe.predict(x, batch_size=KERAS_BATCH, verbose=0)
-    return {l.name: np.asarray(o) for l, o in zip(layers, outs)}
-
-
-def layer_divergence(keras_model, scratch_model, x) -> list[dict]:
-    """Per-layer table: name, class, output shape, max |scratch - Keras| and allclose on ``x``."""
-    kout = keras_intermediate_outputs(keras_model, x)
-    sout = scratch_model.intermediate_outputs(x)
-    rows = []
-    for layer in scratch_model.layers:
-        s = sout.get(layer.name)
-        k = kout.get(layer.name)
-        row = {"layer": layer.name, "class": type(layer).__name__,
-               "shape": list(np.shape(s)[1:]) if s is not None else None,
-               "max_abs_diff": None, "allclose": None}
-        if s is not None and k is not None and np.shape(s) == np.shape(k):
-            s64, k64 = np.asarray(s, np.float64), np.asarray(k, np.float64)
-            row["max_abs_diff"] = float(np.abs(s64 - k64).max()) if s64.size else 0.0
-            row["allclose"] = bool(np.allclose(s64, k64, atol=ATOL, rtol=RTOL))
-        rows.append(row)
-    return rows
+    v = compare(kp, sp, y_test, n_classes, t1 - t0, t2 - t1)
+    if twin:
+        v.max_abs_diff_float64 = float(np.max(np.abs(keras_predict(float64_twin(keras_model),
+                                                                   as_float64(x_test)) - sp))) if sp.size else 0.0
+    return v, kp, sp
 
 
 def failure_message(name: str, v: Verification, keras_model, scratch_model, x_test,
@@ -125,8 +111,15 @@ def failure_message(name: str, v: Verification, keras_model, scratch_model, x_te
     sout = scratch_model.intermediate_outputs(x_test[worst])
     kout = keras_intermediate_outputs(keras_model, x_test[worst])
     layer, diff = scratch_layers.first_divergence(sout, kout, ATOL, RTOL)
+    tout = keras_intermediate_outputs(float64_twin(keras_model), as_float64(x_test[worst]))
+    twin_layer, twin_diff = scratch_layers.first_divergence(sout, tout, TWIN_ATOL, 0.0)
     where = (f"first diverging layer: {layer!r} (max |diff| {diff:.3g} on the 32 worst items)"
              if layer else f"no single layer exceeds the tolerance (worst layer diff {diff:.3g})")
+    twin = (f"against the float64 twin the first diverging layer is {twin_layer!r} "
+            f"(max |diff| {twin_diff:.3g}): a scratch error" if twin_layer else
+            f"scratch equals the float64 twin (worst layer diff {twin_diff:.3g}): Keras' float32 rounding")
     return (f"{name}: scratch != Keras on {v.n_test} test items: agreement {v.agreement:.4%}, "
-            f"max|dp| {v.max_abs_diff:.3g} (atol {ATOL}), macro-F1 Keras {v.keras_f1:.4f} vs "
-            f"scratch {v.scratch_f1:.4f}; {where}")
+            f"max|dp| {v.max_abs_diff:.3g} (atol {ATOL}), vs float64 twin "
+            f"{v.max_abs_diff_float64 if v.max_abs_diff_float64 is not None else float('nan'):.3g} "
+            f"(atol {TWIN_ATOL}), macro-F1 Keras {v.keras_f1:.4f} vs scratch {v.scratch_f1:.4f}; "
+            f"{where}; {twin}")

@@ -9,7 +9,8 @@ import pytest
 
 import scratch_layers
 from experiments.report import record
-from experiments.verify import ATOL, RTOL, failure_message, layer_divergence, misclassified_examples
+from experiments.verify import (ATOL, RTOL, TWIN_ATOL, failure_message, layer_divergence,
+                                misclassified_examples)
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +30,8 @@ def test_scratch_matches_keras(run, trained, verification, request):
     assert v.passed, failure_message(run.id, v, keras_model, scratch_model, splits.x_test, kp, sp)
     if trained.profile == "full":  # agreement on a collapsed model would prove little
         assert v.predicted_classes > 1, f"{run.id} predicts a single class: collapsed model"
-    print(f"{run.id}: max|dp| {v.max_abs_diff:.2e}, agreement {v.agreement:.2%}, "
-          f"macro-F1 {v.keras_f1:.4f}")
+    print(f"{run.id}: max|dp| {v.max_abs_diff:.2e}, vs float64 twin {v.max_abs_diff_float64:.2e}, "
+          f"agreement {v.agreement:.2%}, macro-F1 {v.keras_f1:.4f}")
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +53,8 @@ def test_layer_by_layer(family, baseline_trained, request):
     assert len(compared) >= len(rows) - 1, f"layers without a comparable Keras output: {rows}"
     bad = [r for r in compared if not r["allclose"]]
     assert not bad, f"layers diverging from Keras: {bad}"
+    off_twin = [r for r in compared if r["max_abs_diff_float64"] is None or r["max_abs_diff_float64"] > TWIN_ATOL]
+    assert not off_twin, f"layers differing from Keras' float64 maths (the twin) by more than {TWIN_ATOL}: {off_twin}"
 
 
 @pytest.mark.parametrize("family_name", [pytest.param(f, marks=getattr(pytest.mark, f)) for f in ("rnn", "lstm")])
@@ -76,3 +79,25 @@ def test_raw_text_pipeline_matches_keras(pytestconfig, profile, family_name):
     sp = scratch_model.predict(list(texts))
     assert np.allclose(sp, kp, atol=ATOL, rtol=RTOL), f"max|dp| {np.abs(sp - kp).max():.3g}"
     assert (sp.argmax(1) == kp.argmax(1)).all()
+
+
+def test_model_cache_holds_only_planned_runs_of_this_data(family, profile):
+    """Every entry in the cache is a planned run of the current recipe and data.
+
+    An entry trained on other data (another data fingerprint) or under an older recipe
+    is named here, with what to do, instead of silently counting as "not trained"."""
+    from experiments.training import cache_root, config_key, entry_name, profile_data
+
+    root = cache_root(profile)
+    entries = sorted(p.name for p in root.glob(f"{family.name}-*") if p.is_dir()) if root.is_dir() else []
+    if not entries:
+        pytest.skip(f"no {family.name} model in {root} yet")
+    splits = profile_data(family, profile)
+    planned = {entry_name(family, c, config_key(family, c, profile, splits, s), s)
+               for c, s in family.runs(profile)}
+    stale = [e for e in entries if e not in planned]
+    assert not stale, (
+        f"{len(stale)} of {len(entries)} {family.name} entries in {root} are not runs of the "
+        f"current recipe on this data (data fingerprint {splits.fingerprint}; e.g. {stale[0]}). "
+        f"If your dataset differs from the one the committed models were trained on, run "
+        f"`make report RETRAIN=1`; if the recipe changed, delete the stale entries.")

@@ -1,0 +1,128 @@
+"""Check a model file against Keras itself: scratch vs Keras float32 vs Keras' float64 twin.
+
+This module is the one place that imports Keras (lazily, inside the functions), so
+``import scratch_layers`` stays TensorFlow-free.  It is what
+``python -m scratch_layers verify MODEL`` runs, and what the study verification uses.
+
+* The *float64 twin* (:func:`float64_twin`) is the same architecture with float64
+  dtype policies and the same weights cast to float64: Keras' own maths without
+  float32 rounding.  Scratch (float64) must equal it to ``TWIN_ATOL``; against the
+  float32 model the tolerance is ``ATOL``/``RTOL``.  A layer that matches the twin but
+  not the float32 model is Keras' rounding; one that misses the twin is a scratch error.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+ATOL = 1e-5
+RTOL = 1e-5
+TWIN_ATOL = 1e-9
+KERAS_BATCH = 256
+
+
+def _float64_config(obj):
+    """The model config with every float32 dtype (policies and tensor specs) made float64."""
+    if isinstance(obj, dict):
+        out = {k: _float64_config(v) for k, v in obj.items()}
+        if out.get("dtype") == "float32":
+            out["dtype"] = "float64"
+        if out.get("class_name") == "DTypePolicy" and out.get("config", {}).get("name") == "float32":
+            out["config"] = {**out["config"], "name": "float64"}
+        return out
+    if isinstance(obj, list):
+        return [_float64_config(v) for v in obj]
+    return obj
+
+
+def float64_twin(keras_model):
+    """Keras' own maths in float64: the same architecture with float64 dtype policies and
+    the same weights cast to float64 (TextVectorization vocabularies copied over)."""
+    import keras
+
+    twin = type(keras_model).from_config(_float64_config(keras_model.get_config()))
+    twin.set_weights([w.astype(np.float64) if w.dtype == np.float32 else w
+                      for w in keras_model.get_weights()])
+    for src, dst in zip(keras_model.layers, twin.layers):
+        if isinstance(src, keras.layers.TextVectorization):
+            dst.set_vocabulary(src.get_vocabulary())
+    return twin
+
+
+def as_float64(x):
+    return x.astype(np.float64) if getattr(x, "dtype", None) == np.float32 else x
+
+
+def keras_intermediate_outputs(keras_model, x) -> dict[str, np.ndarray]:
+    """Output of every non-input layer of a Keras model, by layer name."""
+    import keras
+
+    layers = [l for l in keras_model.layers if not isinstance(l, keras.layers.InputLayer)]
+    probe = keras.Model(keras_model.inputs, [l.output for l in layers])
+    outs = probe.predict(x, batch_size=KERAS_BATCH, verbose=0)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    return {l.name: np.asarray(o) for l, o in zip(layers, outs)}
+
+
+def max_abs_diff(a, b) -> float | None:
+    """max |a - b| in float64; None when either is missing or the shapes differ."""
+    if a is None or b is None or np.shape(a) != np.shape(b):
+        return None
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a64 - b64).max()) if a64.size else 0.0
+
+
+def layer_divergence(keras_model, scratch_model, x) -> list[dict]:
+    """Per-layer table on ``x``: name, class, output shape, max |scratch - Keras| with
+    its allclose, and max |scratch - float64 twin| with its pass (``TWIN_ATOL``)."""
+    kout = keras_intermediate_outputs(keras_model, x)
+    tout = keras_intermediate_outputs(float64_twin(keras_model), as_float64(x))
+    sout = scratch_model.intermediate_outputs(x)
+    rows = []
+    for layer in scratch_model.layers:
+        s, k = sout.get(layer.name), kout.get(layer.name)
+        d, d64 = max_abs_diff(s, k), max_abs_diff(s, tout.get(layer.name))
+        rows.append({
+            "layer": layer.name, "class": type(layer).__name__,
+            "shape": list(np.shape(s)[1:]) if s is not None else None,
+            "max_abs_diff": d,
+            "allclose": None if d is None else bool(np.allclose(np.asarray(s, np.float64),
+                                                                np.asarray(k, np.float64), atol=ATOL, rtol=RTOL)),
+            "max_abs_diff_float64": d64,
+            "twin_ok": None if d64 is None else bool(d64 <= TWIN_ATOL)})
+    return rows
+
+
+def generated_inputs(scratch_model, n: int = 32, seed: int = 0):
+    """Inputs that fit the model's input spec: floats for images and other float inputs,
+    ids in the Embedding's range with padding for id models, strings drawn from the
+    vocabulary (plus an unknown word) for text models."""
+    from .text import TextVectorization
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(scratch_model.input_layer.batch_shape or (None,))[1:]
+    if any(d is None for d in shape) and scratch_model.input_kind != "string":
+        shape = tuple(d if d is not None else 16 for d in shape)
+    kind = scratch_model.input_kind
+    if kind == "string":
+        vec = next(l for l in scratch_model.layers if isinstance(l, TextVectorization))
+        words = vec.vocabulary[2:] or ["a"]
+        lengths = rng.integers(1, 24, n)
+        texts = [" ".join(rng.choice(words, k)) for k in lengths]
+        texts[0] += " zzqxunknownword"
+        return np.asarray(texts, dtype=object)
+    if kind == "int":
+        vocab = scratch_model.layers[0].input_dim
+        ids = rng.integers(1, vocab, (n, *shape))
+        if ids.ndim == 2 and ids.shape[1] > 1:  # post-padding of random length
+            lengths = rng.integers(1, ids.shape[1] + 1, n)
+            ids[np.arange(ids.shape[1])[None, :] >= lengths[:, None]] = 0
+        return ids.astype(np.int64)
+    return rng.normal(0.5, 0.5, (n, *shape)).astype(np.float32)
+
+
+def load_input(path: str):
+    """``.npy`` (allow_pickle=False) or ``.txt`` (one text per line)."""
+    if path.endswith(".txt"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return np.asarray([line.rstrip("\n") for line in f], dtype=object)
+    return np.load(path, allow_pickle=False)
