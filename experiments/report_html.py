@@ -64,7 +64,7 @@ def answer_section(doc: dict, family_titles: dict) -> str:
     worst = max((r["max_abs_diff"] for r in by_model.values()), default=float("nan"))
     twin = [r["max_abs_diff_float64"] for r in by_model.values() if r.get("max_abs_diff_float64") is not None]
     verdict = (f"<b>{passed} of {len(by_model)} trained models match Keras</b> on their whole test "
-               f"split (same argmax on every item, max|Δp| ≤ 1e-5); worst max|Δp| {worst:.1e}"
+               f"split (same argmax on every item, |Δp| within 1e-5 + 1e-5·|p|, and the float64 twin within 1e-9); worst max|Δp| {worst:.1e}"
                + (f"; worst against the float64 twin {max(twin):.1e}" if twin else "") + ".")
     cov = doc["coverage"]
     incomplete = {f: c for f, c in cov.items() if c["runs_verified"] < c["runs_planned"]}

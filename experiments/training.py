@@ -136,13 +136,15 @@ def class_weights(recipe: dict, y_train) -> dict | None:
     return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
-def best_epoch(history: dict, min_epochs: int = 0) -> int | None:
-    """1-based epoch whose weights early stopping restored: lowest val loss from ``min_epochs`` on."""
-    val = history.get("val_loss") or []
-    start = min(max(min_epochs - 1, 0), max(len(val) - 1, 0))
-    if not val:
+def best_epoch(history: dict, min_epochs: int = 0, monitor: str = "val_loss") -> int | None:
+    """1-based epoch whose weights early stopping restored: the first best ``monitor``
+    value (lowest loss, highest accuracy) from epoch ``min_epochs`` on."""
+    vals = history.get(monitor) or []
+    if not vals:
         return None
-    return start + 1 + min(range(len(val) - start), key=lambda i: val[start + i])
+    start = min(max(min_epochs - 1, 0), len(vals) - 1)
+    sign = -1 if "acc" in monitor else 1
+    return start + 1 + min(range(len(vals) - start), key=lambda i: sign * vals[start + i])
 
 
 def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, label: str,
@@ -160,8 +162,8 @@ def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, 
         # start_from_epoch: the weights of the first epochs, near the initialization, can
         # never be the ones restored (an early-stopping artefact, not a trained model).
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=recipe["patience"], restore_best_weights=True,
-            start_from_epoch=recipe.get("min_epochs", 0)))
+            monitor=recipe.get("monitor", "val_loss"), patience=recipe["patience"],
+            restore_best_weights=True, start_from_epoch=recipe.get("min_epochs", 0)))
     start = time.perf_counter()
     history = model.fit(splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val),
                         epochs=recipe["epochs"], batch_size=recipe["batch_size"],
@@ -172,7 +174,8 @@ def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, 
     model.save(out_dir / MODEL_FILE)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     val_loss = hist.get("val_loss", [])
-    best = best_epoch(hist, recipe.get("min_epochs", 0) + 1) if recipe.get("patience") else len(val_loss)
+    best = (best_epoch(hist, recipe.get("min_epochs", 0) + 1, recipe.get("monitor", "val_loss"))
+            if recipe.get("patience") else len(val_loss))
     return {"family": family.name, "config": config, "profile": profile, "seed": seed,
             "recipe": recipe, "data_source": splits.source, "data_fingerprint": splits.fingerprint,
             "split_sizes": splits.sizes(), "epochs": len(hist["loss"]),

@@ -24,6 +24,8 @@ def build_text_model(config: dict, splits, cell: str):
     inputs = keras.Input(shape=(), dtype="string", name="text")
     x = vectorize(inputs)
     x = layers.Embedding(vectorize.vocabulary_size(), EMBEDDING_DIM, mask_zero=True)(x)
+    if config.get("embedding_dropout"):
+        x = layers.SpatialDropout1D(config["embedding_dropout"])(x)
     for i in range(config["layers"]):
         layer = rnn(config["units"], return_sequences=i < config["layers"] - 1)
         x = layers.Bidirectional(layer)(x) if config["bidirectional"] else layer(x)
