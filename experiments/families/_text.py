@@ -55,13 +55,19 @@ TEXT_STUDIES = (
 )
 
 
-# min_epochs: early stopping may not restore the weights of epochs 1-5 (near the
-# initialization; a restore there is an artefact, not a trained model).  Chosen on the
-# validation split only (LSTM baseline, seeds 1-3, mean val macro-F1): this recipe 0.784,
-# the same with balanced class weights 0.761.
+# Early stopping watches validation *accuracy* (patience 8) and may not restore the
+# weights of epochs 1-5 (near the initialization; a restore there is an artefact, not a
+# trained model).  Validation loss was the worse signal here: on 500 training texts the
+# models grow overconfident within a few epochs, so val loss bottoms out early while
+# val accuracy still improves.  Chosen on the validation split only (seeds 1-3, mean
+# validation macro-F1, LSTM / SimpleRNN baselines): monitoring val accuracy 0.811 / 0.610;
+# val loss 0.784 / 0.591; val loss with SpatialDropout 0.25 0.741 / 0.579; val loss at
+# lr 3e-4 (LSTM) 0.518; val loss with balanced class weights 0.761 / 0.545.  The first
+# figure is measured on the set it selects on, so it is optimistic; the test split
+# tells how much.
 TEXT_RECIPE = {
     "full": {"epochs": 40, "batch_size": 32, "learning_rate": 1e-3, "schedule": "constant",
-             "patience": 6, "min_epochs": 5, "seeds": (1, 2, 3, 4, 5)},
+             "monitor": "val_accuracy", "patience": 8, "min_epochs": 5, "seeds": (1, 2, 3, 4, 5)},
     "smoke": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3, "schedule": "constant",
               "patience": 0, "seeds": (1,)},
 }
