@@ -305,6 +305,26 @@ def test_conv_maxpool_fusion(conv_kw, pool_kw, tmp_path, record_property):
     np.testing.assert_allclose(list(inter.values())[-1], sm.predict(x), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("bias,relu,pool", [(False, True, "max"), (True, True, "avg"), (False, False, "max")],
+                         ids=["nobias-relu-max", "bias-relu-avg", "nobias-norelu-max"])
+def test_conv_batchnorm_relu_folding(bias, relu, pool, tmp_path, record_property):
+    """predict() folds Conv2D -> BatchNormalization [-> ReLU] into one conv: equal to Keras,
+    and to the unfused layer-by-layer path to float64 rounding; a ReLU with options is
+    not folded."""
+    k = keras()
+    L = k.layers
+    layers = [k.Input((10, 8, 3)), L.Conv2D(5, 3, padding="same", use_bias=bias), L.BatchNormalization()]
+    layers += [L.ReLU()] if relu else [L.ReLU(max_value=1.5)]
+    layers += [L.MaxPooling2D() if pool == "max" else L.AveragePooling2D(2), L.Flatten()]
+    x = images(7, 10, 8, 3)
+    sm, _ = check_model(k.Sequential(layers), x, tmp_path, record_property)
+    folded = [step[0] for step in sm._plan if type(step[0]).__name__ == "Conv2D"]
+    assert folded and folded[0] is not sm.layers[0], "conv and batch norm are folded"
+    assert len(sm._plan) == (3 if relu else 4) - (relu and pool == "max")
+    inter = list(sm.intermediate_outputs(x).values())[-1]
+    np.testing.assert_allclose(sm.predict(x), inter, rtol=1e-13, atol=1e-13)
+
+
 def test_predict_independent_of_workers_and_chunks(tmp_path):
     k = keras()
     m = cifar_cnn(k, "max", False, "flatten", filters=(4, 8))
