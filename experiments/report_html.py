@@ -14,6 +14,8 @@ from . import figures
 
 STYLE = """<style>
 body{color:#1d1d1d}
+a{color:#1a56a8}
+#results-table{color:#333}
 body{display:flex;flex-direction:column}
 body>*{order:2}
 #title,body>p:first-of-type{order:0}
