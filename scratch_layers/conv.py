@@ -154,7 +154,7 @@ class DepthwiseConv2D(Layer):
         xp = pad2d(x, ((pt, pb), (pl, pr)))
         sh, sw = self.strides
         dh, dw = self.dilation
-        y = np.zeros((n, ho, wo, c, m))
+        y = np.zeros((n, ho, wo, c, m), x.dtype)
         for a in range(kh):
             for b in range(kw):
                 patch = xp[:, a * dh:a * dh + (ho - 1) * sh + 1:sh, b * dw:b * dw + (wo - 1) * sw + 1:sw, :]
@@ -195,7 +195,7 @@ def pool2d(x, pool, strides, padding, mode):
             # count of real cells per output position (outer product of 1-D counts)
             def counts(size, k, s, before, nout):
                 starts = np.arange(nout) * s - before
-                return (np.minimum(starts + k, size) - np.maximum(starts, 0)).astype(np.float64)
+                return (np.minimum(starts + k, size) - np.maximum(starts, 0)).astype(x.dtype)
             cnt = np.outer(counts(h, ph, sh, pt, ho), counts(w, pw, sw, pl, wo))
             out /= cnt[None, :, :, None]
         else:
@@ -273,7 +273,7 @@ class GlobalPooling(Layer):
         if self.mode == "max":
             return x.max(axis=axes, keepdims=self.keepdims)
         if mask is not None and self.rank == 1:
-            m = mask.astype(np.float64)[..., None]
+            m = mask.astype(x.dtype)[..., None]
             return (x * m).sum(axis=1, keepdims=self.keepdims) / m.sum(axis=1, keepdims=self.keepdims)
         return x.mean(axis=axes, keepdims=self.keepdims)
 

@@ -128,7 +128,7 @@ class Softmax(Layer):
 
     def forward(self, x, mask=None):
         if mask is not None and mask.ndim < x.ndim:
-            x = x + (1.0 - mask[..., None].astype(np.float64)) * -1e9
+            x = x + (1.0 - mask[..., None].astype(x.dtype)) * -1e9
         return activations.softmax(x, axis=self.axis)
 
 

@@ -306,8 +306,18 @@ def _load_legacy_h5(path):
         return _assemble(model_cfg, get_weights, lambda e, p: None)
 
 
-def load_model(path):
-    """Load a Keras 3 ``.keras`` file or a legacy full-model ``.h5`` file."""
+def load_model(path, dtype="float64"):
+    """Load a Keras 3 ``.keras`` file or a legacy full-model ``.h5`` file.
+
+    ``dtype``: the compute precision. "float64" (default) is the exact reference, equal
+    to Keras' own maths in float64; "float32" computes like Keras itself, faster."""
+    if str(dtype) not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    model = _load(path)
+    return model if str(dtype) == "float64" else model.astype(dtype)
+
+
+def _load(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelFileError(f"model file not found: {path}")

@@ -44,6 +44,7 @@ class Model:
         self._chunk = None
         self.n_workers = default_workers()
         self._recurrent = any(isinstance(l, (RNNBase, Bidirectional)) for l in self.layers)
+        self.dtype = np.dtype(np.float64)
         self._plan = self._fuse()
         first = self.layers[0] if self.layers else None
         if isinstance(first, TextVectorization):
@@ -59,6 +60,20 @@ class Model:
 
     def summary(self):
         return "\n".join(f"{l.name:30s} {l.class_name}" for l in self.layers)
+
+    def astype(self, dtype):
+        """Compute in ``dtype`` from now on ("float64": the exact reference, default;
+        "float32": Keras' own precision, about twice as fast on matmul-bound models).
+        Every floating-point weight is cast once; inputs are cast per chunk."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype}")
+        for layer in self.layers:
+            _cast_layer(layer, dtype, set())
+        self.dtype = dtype
+        self._plan = self._fuse()
+        self._chunk = None
+        return self
 
     def _fuse(self):
         """Execution plan for predict(): the same maths as the layers, fewer passes.
@@ -121,9 +136,9 @@ class Model:
         if arr.dtype.kind not in "fiub":
             raise InputError(f"model '{self.name}' expects a numeric float array, got dtype {arr.dtype}")
         if arr.dtype.kind != "f":
-            arr = arr.astype(np.float64)
-        # float32/float16 stay as they are here; each chunk is cast to float64 when it
-        # is processed (no full-size float64 copy of a large input)
+            arr = arr.astype(self.dtype)
+        # float32/float16 stay as they are here; each chunk is cast to the compute dtype
+        # when it is processed (no full-size float64 copy of a large input)
         if not allow_nonfinite and arr.size and not np.isfinite(arr).all():
             bad = np.argwhere(~np.isfinite(arr))[0]
             raise InputError(f"input contains NaN/inf (first at index {tuple(bad)}); clean the "
@@ -155,7 +170,7 @@ class Model:
     def _run_fast(self, x):
         """predict() path: same maths as _run, with the fused steps of the plan."""
         if self.input_kind == "float":
-            x = np.asarray(x, dtype=np.float64)
+            x = np.asarray(x, dtype=self.dtype)
         mask = None
         for step in self._plan:
             if step[0] == "embed_rnn":
@@ -185,7 +200,7 @@ class Model:
         if not collect:
             return self._run_fast(x)
         if self.input_kind == "float":
-            x = np.asarray(x, dtype=np.float64)
+            x = np.asarray(x, dtype=self.dtype)
         outs = OrderedDict()
         mask = None
         for layer in self.layers:
@@ -197,7 +212,8 @@ class Model:
         return outs if collect else x
 
     def predict(self, x, batch_size=None, allow_nonfinite=False):
-        """Forward pass; same shape/meaning as ``keras_model.predict(x)``, float64.
+        """Forward pass; same shape/meaning as ``keras_model.predict(x)``, in the model's
+        compute dtype (float64 unless loaded with ``dtype="float32"``).
 
         ``batch_size`` only sets the internal chunk size (results do not depend on it).
         Non-finite float input raises InputError unless ``allow_nonfinite=True``."""
@@ -210,12 +226,12 @@ class Model:
     def _predict(self, x, batch_size):
         n = len(x)
         if n == 0:
-            return np.asarray(self._run(x), dtype=np.float64)
+            return np.asarray(self._run(x), dtype=self.dtype)
         if batch_size is not None and int(batch_size) <= 0:
             raise InputError(f"batch_size must be positive, got {batch_size}")
         chunk = int(batch_size) if batch_size else self._chunk_size(x)
         if n <= chunk:
-            return np.asarray(self._run(x), dtype=np.float64)
+            return np.asarray(self._run(x), dtype=self.dtype)
         starts = list(range(0, n, chunk))
         workers = min(self.n_workers, len(starts))
         # Coarse-grained parallelism: each worker thread runs whole chunks with a
@@ -223,7 +239,7 @@ class Model:
         # This scales better than BLAS's own per-matmul threading, especially on
         # busy machines. Results do not depend on the number of workers.
         def work(s):
-            return np.asarray(self._run(x[s:s + chunk]), dtype=np.float64)
+            return np.asarray(self._run(x[s:s + chunk]), dtype=self.dtype)
 
         if workers > 1:
             # every chunk, the first included, goes to the pool: with one chunk per
@@ -232,7 +248,7 @@ class Model:
                 parts = list(ex.map(work, starts))
         else:
             parts = [work(s) for s in starts]
-        out = np.empty((n,) + parts[0].shape[1:], dtype=np.float64)
+        out = np.empty((n,) + parts[0].shape[1:], dtype=self.dtype)
         for s, part in zip(starts, parts):
             out[s:s + chunk] = part
         return out
@@ -251,6 +267,20 @@ class Model:
                 return self._run(x, collect=True)
             parts = [self._run(x[s:s + chunk], collect=True) for s in range(0, len(x), chunk)]
         return OrderedDict((k, np.concatenate([p[k] for p in parts])) for k in parts[0])
+
+
+def _cast_layer(obj, dtype, seen):
+    """Cast every floating-point array attribute of a layer (and of the layers it wraps)."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    for name, value in list(vars(obj).items()):
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            setattr(obj, name, value.astype(dtype))
+        elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+            setattr(obj, name, [v.astype(dtype) if v.dtype.kind == "f" else v for v in value])
+        elif hasattr(value, "forward") and hasattr(value, "config"):  # a wrapped layer
+            _cast_layer(value, dtype, seen)
 
 
 def _plain_relu(layer) -> bool:

@@ -38,16 +38,15 @@ def simple_rnn_step(xp_t, states, cell):
     return h, (h,)
 
 
-def lstm_step(xp_t, states, cell):
-    """Keras gates i, f, c, o:
-    z = x_t W + b + h_{t-1} U;  i = ract(z_i), f = ract(z_f), o = ract(z_o)
-    c_t = f * c_{t-1} + i * act(z_c);  h_t = o * act(c_t);  output = h_t.
+def lstm_update(z, c, cell, h_out=None):
+    """The LSTM gate maths, the one copy used by every scan.  Keras gates i, f, c, o:
+    i = ract(z_i), f = ract(z_f), o = ract(z_o);  c_t = f * c_{t-1} + i * act(z_c);
+    h_t = o * act(c_t).  ``z`` (..., 4u) holds the pre-activations x_t W + b + h_{t-1} U
+    and is overwritten; ``c`` (..., u) holds c_{t-1} and is updated in place to c_t.
+    Returns h_t (written into ``h_out`` when given).
     (The LSTM layer stores its weight columns reordered as i, f, o, c so the three
     recurrent-activation gates are one contiguous slice: one ufunc call.)"""
-    h_prev, c_prev = states
     u = cell.units
-    z = h_prev @ cell.recurrent_kernel
-    z += xp_t
     if cell.tanh_sigmoid:
         # default activations: sigmoid(a) = 1 / (1 + exp(-a)), tanh(a) = 2 sigmoid(2a) - 1.
         # The weight columns were pre-scaled by -1 (i, f, o) and -2 (c), exact in
@@ -56,20 +55,30 @@ def lstm_step(xp_t, states, cell):
         np.exp(z, out=z)
         z += 1.0
         np.reciprocal(z, out=z)
-        g = z[:, 3 * u:]
+        g = z[..., 3 * u:]
         g *= 2.0
         g -= 1.0
-        g *= z[:, :u]  # i * act(z_c)
-        c = z[:, u:2 * u] * c_prev
+        g *= z[..., :u]               # i * act(z_c)
+        c *= z[..., u:2 * u]          # f * c_{t-1}
         c += g
-        t = _fast_tanh(c)
-        t *= z[:, 2 * u:3 * u]
-        return t, (t, c)
-    ifo = cell.ract(z[:, :3 * u])
-    g = cell.act(z[:, 3 * u:])
-    c = ifo[:, u:2 * u] * c_prev
-    c += ifo[:, :u] * g
-    h = ifo[:, 2 * u:] * cell.act(c)
+        h = _fast_tanh(c, out=h_out)
+        h *= z[..., 2 * u:3 * u]      # o * act(c_t)
+        return h
+    ifo = cell.ract(z[..., :3 * u])
+    g = cell.act(z[..., 3 * u:])
+    c *= ifo[..., u:2 * u]
+    c += ifo[..., :u] * g
+    h = np.multiply(ifo[..., 2 * u:], cell.act(c), out=h_out)
+    return h
+
+
+def lstm_step(xp_t, states, cell):
+    """One LSTM step: z = x_t W + b + h_{t-1} U, then :func:`lstm_update`; output = h_t."""
+    h_prev, c_prev = states
+    z = h_prev @ cell.recurrent_kernel
+    z += xp_t
+    c = np.array(c_prev)              # the caller's state stays untouched
+    h = lstm_update(z, c, cell)
     return h, (h, c)
 
 
@@ -125,9 +134,10 @@ def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
     T = steps if callable(xp) else xp.shape[0]
     N = init_states[0].shape[0]
     u = cell.units
-    states = [np.array(s, dtype=np.float64) for s in init_states]  # owned, updated in place
-    outs = np.empty((T, N, u)) if return_sequences else None
-    last = np.zeros((N, u))
+    dt = init_states[0].dtype
+    states = [np.array(s, dtype=dt) for s in init_states]  # owned, updated in place
+    outs = np.empty((T, N, u), dt) if return_sequences else None
+    last = np.zeros((N, u), dt)
     everything = slice(None)
     if lengths is not None:
         active = np.count_nonzero(lengths[:, None] > np.arange(T)[None, :], axis=0)
@@ -145,13 +155,13 @@ def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
             out, new_states = step(get(t, everything), tuple(states), cell)
             states = list(new_states)
         elif n_valid == 0:  # every row masked: states and previous outputs carry over
-            out = np.zeros((N, u)) if zero_output_for_mask else states[0]
+            out = np.zeros((N, u), dt) if zero_output_for_mask else states[0]
         else:
             sub_out, sub_states = step(get(t, rows), tuple(s[rows] for s in states), cell)
             for s, ns in zip(states, sub_states):
                 s[rows] = ns
             if zero_output_for_mask:
-                out = np.zeros((N, u))
+                out = np.zeros((N, u), dt)
                 out[rows] = sub_out
             else:
                 out = states[0]
@@ -192,9 +202,10 @@ def fused_bidirectional_scan(fwd, bwd, ids, lengths, table):
     tok = np.stack([ids, np.take_along_axis(ids, np.maximum(src, 0), axis=1) + V])
     active = np.count_nonzero(lengths[:, None] > steps[None, :], axis=0)
     rk = np.stack([fwd.recurrent_kernel, bwd.recurrent_kernel])  # (2, u, G)
-    h = np.zeros((2, N, u))
-    c = np.zeros((2, N, u)) if lstm else None
-    outs = np.zeros((2, T, N, u)) if fwd.return_sequences else None
+    dt = table.dtype
+    h = np.zeros((2, N, u), dt)
+    c = np.zeros((2, N, u), dt) if lstm else None
+    outs = np.zeros((2, T, N, u), dt) if fwd.return_sequences else None
     with blas_threads(1), np.errstate(over="ignore"):
         for k in range(T):
             a = int(active[k])
@@ -205,28 +216,8 @@ def fused_bidirectional_scan(fwd, bwd, ids, lengths, table):
             z += np.take(table, tok[:, :a, k], axis=0)
             if not lstm:  # SimpleRNN: h = act(z)
                 hv[...] = fwd.act(z)
-            elif fwd.tanh_sigmoid:
-                # as lstm_step: columns i, f, o, c pre-scaled by -1 / -2, so one exp
-                # pass gives sigmoid(i, f, o) and (tanh(c) + 1) / 2
-                np.exp(z, out=z)
-                z += 1.0
-                np.reciprocal(z, out=z)
-                g = z[..., 3 * u:]
-                g *= 2.0
-                g -= 1.0
-                g *= z[..., :u]               # i * act(z_c)
-                cv = c[:, :a]
-                cv *= z[..., u:2 * u]         # f * c_{t-1}, in place on the live rows
-                cv += g
-                _fast_tanh(cv, out=hv)
-                hv *= z[..., 2 * u:3 * u]     # h = o * act(c)
-            else:
-                ifo = fwd.ract(z[..., :3 * u])
-                g = fwd.act(z[..., 3 * u:])
-                cv = c[:, :a]
-                cv *= ifo[..., u:2 * u]
-                cv += ifo[..., :u] * g
-                hv[...] = ifo[..., 2 * u:] * fwd.act(cv)
+            else:  # LSTM: the same gate maths as lstm_step, on both directions at once
+                lstm_update(z, c[:, :a], fwd, h_out=hv)
             if outs is not None:
                 outs[:, k, :a] = hv
     if outs is None:
@@ -313,7 +304,7 @@ class RNNBase(Layer):
         xt = x.transpose(1, 0, 2)
         if mask is not None and mask.mean() < 0.75:
             mt = np.ascontiguousarray(mask.T)
-            xp = np.zeros(xt.shape[:2] + (self.kernel.shape[1],))
+            xp = np.zeros(xt.shape[:2] + (self.kernel.shape[1],), self.kernel.dtype)
             rows = np.matmul(xt[mt], self.kernel)
             if self.input_bias is not None:
                 rows += self.input_bias
@@ -341,7 +332,7 @@ class RNNBase(Layer):
     def scan(self, xp, mask, lengths=None, steps=None, n=None):
         """Run the masked time loop on projections xp (array (T, N, G) or callable)."""
         n = xp.shape[1] if n is None else n
-        init = tuple(np.zeros((n, self.units)) for _ in range(self.n_states()))
+        init = tuple(np.zeros((n, self.units), self.kernel.dtype) for _ in range(self.n_states()))
         with blas_threads(1), np.errstate(over="ignore"):
             return masked_scan(type(self).step, self, xp, init, mask, self.go_backwards,
                                self.return_sequences, self.zero_output_for_mask, lengths, steps)
