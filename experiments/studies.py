@@ -94,8 +94,10 @@ class Family:
         return tuple(recipe["seeds"])
 
     def runs(self, profile: str) -> list[tuple[dict, int]]:
-        """Every (config, seed) to train, seed-major: all configs get their first seed
-        before any gets its second, so an interrupted build covers every variant early."""
-        plan = [(c, self.seeds(profile, c)) for c in self.configs()]
+        """Every (config, seed) to train, seed-major (all configs get their first seed before
+        any gets its second, so an interrupted build covers every variant early), the
+        baseline first in each round (it is in every study)."""
+        configs = sorted(self.configs(), key=lambda c: canonical(c) != canonical(self.baseline))
+        plan = [(c, self.seeds(profile, c)) for c in configs]  # the baseline first
         depth = max(len(s) for _, s in plan)
         return [(c, s[i]) for i in range(depth) for c, s in plan if i < len(s)]

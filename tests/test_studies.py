@@ -75,6 +75,7 @@ def test_runs_are_seed_major_so_an_interrupted_build_covers_every_variant():
     assert [s for _, s in runs[:n]] == [1] * n, "every configuration gets its first seed first"
     assert len(runs) == sum(len(cnn.seeds("full", c)) for c in cnn.configs())
     assert len({(canonical(c), s) for c, s in runs}) == len(runs)
+    assert runs[0] == (cnn.baseline, 1) and runs[n] == (cnn.baseline, 2), "the baseline leads each round"
 
 
 def test_adding_a_seed_keeps_the_keys_of_runs_already_trained():

@@ -17,7 +17,7 @@ TRANSLATION = 0.1  # RandomTranslation factor: up to ±3.2 px on a 32-px image
 
 def build_model(config: dict, splits=None):
     """Augmentation -> n x [Conv2D(same, no bias) -> BatchNorm -> ReLU -> 2x2 pool]
-    -> Flatten -> Dropout 0.3 -> Dense 128 relu -> Dropout 0.3 -> Dense 10 softmax.
+    -> Flatten -> Dense 128 relu -> Dropout 0.3 -> Dense 10 softmax.
 
     RandomFlip (horizontal), RandomTranslation and Dropout are training-only: at
     inference they are the identity.  The conv has no bias because BatchNorm's beta
@@ -37,7 +37,6 @@ def build_model(config: dict, splits=None):
         x = layers.ReLU()(x)
         x = pool(2)(x)
     x = layers.Flatten()(x)
-    x = layers.Dropout(0.3)(x)
     x = layers.Dense(128, activation="relu")(x)
     x = layers.Dropout(0.3)(x)
     outputs = layers.Dense(10, activation="softmax")(x)
@@ -69,10 +68,15 @@ FAMILY = Family(
     # Adam warms up linearly over the first epoch to 2e-3, then decays on a cosine to 0 at
     # epoch 12, so a run ends annealed rather than cut off while still improving.  Early
     # stopping (patience 4, never restoring epochs 1-3) guards against divergence.
+    # "head" names the classifier as built (it is part of every run's cache key): with a
+    # second Dropout 0.3 after Flatten the baseline underfit in 12 epochs (training loss
+    # 0.88 above validation loss 0.74; validation accuracy 0.738, seed 1) and without it
+    # reached validation accuracy 0.751 and loss 0.697 (vs 0.745; same seed), so it was dropped.
     recipe={
         "full": {"epochs": 12, "batch_size": 128, "learning_rate": 2e-3, "schedule": "warmup_cosine",
                  "warmup_epochs": 1, "patience": 4, "min_epochs": 3,
                  "augmentation": f"RandomFlip horizontal, RandomTranslation ±{TRANSLATION:g} (reflect)",
+                 "head": "Flatten -> Dense 128 relu -> Dropout 0.3 -> Dense 10 softmax",
                  "seeds": (1, 2), "baseline_seeds": (1, 2, 3)},
         "smoke": {"epochs": 1, "batch_size": 64, "learning_rate": 1e-3, "schedule": "constant",
                   "patience": 0, "seeds": (1,)},
