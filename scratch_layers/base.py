@@ -28,6 +28,14 @@ class Layer:
                 f"weight arrays in the model file, found {len(weights)}")
         self.weights = list(weights)
 
+    @classmethod
+    def weight_shapes(cls, config):
+        """The shape of each weight that ``config`` implies, checked against the file
+        before any weight is read (see :func:`scratch_layers.safety.check_weights`).
+        A dimension may be a str symbol (equal wherever it recurs, e.g. the input
+        width) and a whole shape may be None. Layers without weights return []."""
+        return []
+
     def forward(self, x, mask=None):
         raise NotImplementedError
 
@@ -55,6 +63,11 @@ class Layer:
             raise self.unsupported(option, value, f"supported: {sorted(map(repr, allowed))}")
         return value
 
+    def sizes(self, option, n, default):
+        """``config[option]`` as an n-tuple of positive ints (sizes, strides, dilations)."""
+        return positive_sizes(self.config.get(option, default), n,
+                              f"{self.class_name} layer '{self.name}'", option)
+
     def check_rank(self, x, rank, what="input"):
         if x.ndim != rank:
             raise InputError(
@@ -75,6 +88,16 @@ def as_tuple(v, n):
             return tuple(int(v[0]) for _ in range(n))
         return tuple(int(i) for i in v)
     return tuple(int(v) for _ in range(n))
+
+
+def positive_sizes(value, n, where, option):
+    """:func:`as_tuple`, refusing what Keras refuses (0 or negative sizes/strides would
+    divide by zero or loop forever at predict time)."""
+    sizes = as_tuple(value, n)
+    if len(sizes) != n or min(sizes) < 1:
+        raise ModelFileError(f"{where}: {option}={value!r} must be {n} positive integer(s); "
+                             "the file was not written by Keras or is corrupt")
+    return sizes
 
 
 def same_padding(size, k, stride, dilation=1):

@@ -9,8 +9,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import activations
-from .base import Layer, as_tuple, same_padding, valid_out
-from .errors import InputError
+from .base import Layer, positive_sizes, same_padding, valid_out
+from .errors import InputError, ModelFileError
 
 
 def _out_and_pads(size, k, stride, dilation, padding):
@@ -68,6 +68,16 @@ def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit
 class Conv2D(Layer):
     """Conv2D: y = activation(conv2d(x, kernel) + bias); channels_last, groups=1."""
 
+    spatial = 2  # number of spatial axes of the kernel
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """kernel (*kernel_size, in, filters) [+ bias (filters,)]."""
+        where = f"{cls.__name__} layer '{config.get('name')}'"
+        k = positive_sizes(config["kernel_size"], cls.spatial, where, "kernel_size")
+        f = int(config["filters"])
+        return [k + ("in", f)] + ([(f,)] if config.get("use_bias", True) else [])
+
     def __init__(self, config, weights, class_name=None):
         self.use_bias = config.get("use_bias", True)
         self.n_weights = 2 if self.use_bias else 1
@@ -76,8 +86,8 @@ class Conv2D(Layer):
         self.require("data_format", ("channels_last", None), "channels_last")
         self.require("groups", (1,), 1)
         self.padding = self.require("padding", ("valid", "same"), "valid")
-        self.strides = as_tuple(config.get("strides", 1), 2)
-        self.dilation = as_tuple(config.get("dilation_rate", 1), 2)
+        self.strides = self.sizes("strides", 2, 1)
+        self.dilation = self.sizes("dilation_rate", 2, 1)
         if max(self.strides) > 1 and max(self.dilation) > 1:
             raise self.unsupported("strides+dilation_rate", (self.strides, self.dilation),
                                    "Keras itself rejects strides > 1 with dilation > 1")
@@ -105,6 +115,8 @@ class Conv1D(Conv2D):
     """Conv1D on (N, L, C) via conv2d with H=1; supports 'causal' padding
     (left padding of (k-1)*dilation)."""
 
+    spatial = 1
+
     def __init__(self, config, weights, class_name=None):
         cfg = dict(config)
         self.causal = cfg.get("padding") == "causal"
@@ -112,8 +124,8 @@ class Conv1D(Conv2D):
             cfg["padding"] = "valid"
         super().__init__(cfg, weights, class_name)
         self.kernel = self.kernel[None]  # (1, k, C, F)
-        self.strides = (1,) + as_tuple(config.get("strides", 1), 1)
-        self.dilation = (1,) + as_tuple(config.get("dilation_rate", 1), 1)
+        self.strides = (1,) + self.sizes("strides", 1, 1)
+        self.dilation = (1,) + self.sizes("dilation_rate", 1, 1)
 
     def _conv(self, x):
         self.check_rank(x, 3, "sequence batch (N, L, C)")
@@ -132,16 +144,27 @@ class DepthwiseConv2D(Layer):
     """Depthwise conv: each input channel convolved with its own depth_multiplier filters.
     kernel (kh, kw, C, M) -> output channels ordered c*M + m (as TF)."""
 
+    @classmethod
+    def weight_shapes(cls, config):
+        """kernel (kh, kw, in, depth_multiplier) [+ bias (in * depth_multiplier,)]."""
+        where = f"{cls.__name__} layer '{config.get('name')}'"
+        k = positive_sizes(config["kernel_size"], 2, where, "kernel_size")
+        m = int(config.get("depth_multiplier", 1))
+        return [k + ("in", m)] + ([("in*m",)] if config.get("use_bias", True) else [])
+
     def __init__(self, config, weights, class_name=None):
         self.use_bias = config.get("use_bias", True)
         self.n_weights = 2 if self.use_bias else 1
         super().__init__(config, weights, class_name)
         self.require("data_format", ("channels_last", None), "channels_last")
         self.padding = self.require("padding", ("valid", "same"), "valid")
-        self.strides = as_tuple(config.get("strides", 1), 2)
-        self.dilation = as_tuple(config.get("dilation_rate", 1), 2)
+        self.strides = self.sizes("strides", 2, 1)
+        self.dilation = self.sizes("dilation_rate", 2, 1)
         self.kernel = weights[0]
         self.bias = weights[1] if self.use_bias else None
+        if self.bias is not None and self.bias.shape != (self.kernel.shape[2] * self.kernel.shape[3],):
+            raise ModelFileError(f"{self.class_name} layer '{self.name}': bias shape {self.bias.shape} "
+                                 f"does not fit kernel shape {self.kernel.shape}")
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
 
     def forward(self, x, mask=None):
@@ -168,9 +191,11 @@ class DepthwiseConv2D(Layer):
 def pool2d(x, pool, strides, padding, mode):
     """Max / average pooling on (N, H, W, C), TF semantics.
 
-    'same' padding: max pads with -inf (pads never win); average divides each
-    window by its number of real (non-pad) cells. Loops over the pool offsets
-    only (ph*pw strided views), never over pixels."""
+    Max pooling ignores NaN as TF does (np.fmax; 'same' pads are NaN, so they never
+    win); a window with no number left is NaN here and becomes the dtype's lowest
+    value in :func:`tf_max_floor`. Average pooling divides each window by its number of
+    real (non-pad) cells. Loops over the pool offsets only (ph*pw strided views),
+    never over pixels."""
     n, h, w, c = x.shape
     ph, pw = pool
     sh, sw = strides
@@ -178,7 +203,7 @@ def pool2d(x, pool, strides, padding, mode):
     wo, pl, pr = _out_and_pads(w, pw, sw, 1, padding)
     if ho <= 0 or wo <= 0:
         raise InputError(f"input spatial size {(h, w)} is too small for pool size {pool}")
-    fill = -np.inf if mode == "max" else 0.0
+    fill = np.nan if mode == "max" else 0.0
     xp = pad2d(x, ((pt, pb), (pl, pr)), fill)
     out = None
     for a in range(ph):
@@ -187,7 +212,7 @@ def pool2d(x, pool, strides, padding, mode):
             if out is None:
                 out = v.copy()
             elif mode == "max":
-                np.maximum(out, v, out=out)
+                np.fmax(out, v, out=out)
             else:
                 out += v
     if mode == "avg":
@@ -203,6 +228,16 @@ def pool2d(x, pool, strides, padding, mode):
     return out
 
 
+def tf_max_floor(y):
+    """TF's max pooling starts every window at the dtype's lowest finite value and
+    skips NaN: a window of only NaN/-inf gives that value (-3.4e38 in float32 Keras,
+    -1.8e308 in float64). Applied in place after :func:`pool2d`. In predict, TF's graph
+    optimizer rewrites max_pool(relu(x)) as relu(max_pool(x)), so a window of only NaN
+    after Conv2D(relu) gives relu(lowest) = 0: the fused Conv2D -> MaxPooling2D path
+    (pool, then bias and relu) gives the same."""
+    return np.fmax(y, np.finfo(y.dtype).min, out=y)
+
+
 class Pooling2D(Layer):
     """MaxPooling2D / AveragePooling2D (channels_last). strides default to pool_size."""
 
@@ -212,13 +247,13 @@ class Pooling2D(Layer):
         super().__init__(config, weights, class_name)
         self.require("data_format", ("channels_last", None), "channels_last")
         self.padding = self.require("padding", ("valid", "same"), "valid")
-        self.pool = as_tuple(config.get("pool_size", 2), 2)
-        s = config.get("strides")
-        self.strides = self.pool if s is None else as_tuple(s, 2)
+        self.pool = self.sizes("pool_size", 2, 2)
+        self.strides = self.pool if config.get("strides") is None else self.sizes("strides", 2, 1)
 
     def forward(self, x, mask=None):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
-        return pool2d(x, self.pool, self.strides, self.padding, self.mode)
+        y = pool2d(x, self.pool, self.strides, self.padding, self.mode)
+        return tf_max_floor(y) if self.mode == "max" else y
 
 
 class MaxPooling2D(Pooling2D):
@@ -238,13 +273,13 @@ class Pooling1D(Layer):
         super().__init__(config, weights, class_name)
         self.require("data_format", ("channels_last", None), "channels_last")
         self.padding = self.require("padding", ("valid", "same"), "valid")
-        self.pool = as_tuple(config.get("pool_size", 2), 1)[0]
-        s = config.get("strides")
-        self.stride = self.pool if s is None else as_tuple(s, 1)[0]
+        self.pool = self.sizes("pool_size", 1, 2)[0]
+        self.stride = self.pool if config.get("strides") is None else self.sizes("strides", 1, 1)[0]
 
     def forward(self, x, mask=None):
         self.check_rank(x, 3, "sequence batch (N, L, C)")
-        return pool2d(x[:, None], (1, self.pool), (1, self.stride), self.padding, self.mode)[:, 0]
+        y = pool2d(x[:, None], (1, self.pool), (1, self.stride), self.padding, self.mode)[:, 0]
+        return tf_max_floor(y) if self.mode == "max" else y
 
 
 class MaxPooling1D(Pooling1D):

@@ -44,6 +44,12 @@ class Dense(Layer):
 
     supports_masking = True
 
+    @classmethod
+    def weight_shapes(cls, config):
+        """kernel (in, units) [+ bias (units,)]."""
+        u = int(config["units"])
+        return [("in", u)] + ([(u,)] if config.get("use_bias", True) else [])
+
     def __init__(self, config, weights, class_name=None):
         self.use_bias = config.get("use_bias", True)
         self.n_weights = 2 if self.use_bias else 1
@@ -138,6 +144,12 @@ class BatchNormalization(Layer):
 
     supports_masking = True
 
+    @classmethod
+    def weight_shapes(cls, config):
+        """[gamma], [beta], moving_mean, moving_variance: all (channels,)."""
+        n = 2 + int(config.get("scale", True)) + int(config.get("center", True))
+        return [("channels",)] * n
+
     def __init__(self, config, weights, class_name=None):
         self.scale = config.get("scale", True)
         self.center = config.get("center", True)
@@ -180,6 +192,14 @@ class LayerNormalization(Layer):
     """y = (x - mean) / sqrt(var + epsilon) * gamma + beta over ``axis`` (per sample)."""
 
     supports_masking = True
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """[gamma], [beta]: (features,) for one axis; equal but unchecked shapes for several."""
+        n = int(config.get("scale", True)) + int(config.get("center", True))
+        axis = config.get("axis", -1)
+        one_axis = not isinstance(axis, list) or len(axis) == 1
+        return [("features",) if one_axis else None] * n
 
     def __init__(self, config, weights, class_name=None):
         self.scale = config.get("scale", True)
@@ -289,6 +309,11 @@ class Embedding(Layer):
     value is integral (Keras would silently truncate 1.7 to 1; we refuse)."""
 
     n_weights = 1
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """embeddings (input_dim, output_dim)."""
+        return [(int(config["input_dim"]), int(config["output_dim"]))]
 
     def __init__(self, config, weights, class_name=None):
         super().__init__(config, weights, class_name)

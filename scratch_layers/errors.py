@@ -10,11 +10,15 @@ class ScratchError(ValueError):
 
 
 class ModelFileError(ScratchError):
-    """The model file is missing, truncated, corrupt or not a Keras model file."""
+    """The model file is missing, truncated, corrupt, hostile (zip bomb, oversized or
+    inconsistent weights, malformed config) or not a Keras model file."""
 
 
-class UnsupportedLayerError(ScratchError, NotImplementedError):
-    """A layer class, a layer option or a model topology is not supported."""
+class UnsupportedLayerError(ScratchError):
+    """A layer class, a layer option or a model topology is not supported.
+
+    Deliberately not a ``NotImplementedError``: Python's ``zipfile`` raises that for an
+    unknown compression method, and a broken file must never look like a missing feature."""
 
 
 class InputError(ScratchError):

@@ -8,17 +8,16 @@
   ``model_weights`` group with one sub-group per layer *name* whose attr
   ``weight_names`` lists its datasets in Keras weight order.
 """
-import io
-import json
+import contextlib
 import os
 import re
 import zipfile
 
 import h5py
-import numpy as np
 
+from . import safety
 from .core import InputLayer
-from .errors import ModelFileError, UnsupportedLayerError
+from .errors import ModelFileError, ScratchError, UnsupportedLayerError
 from .model import Model
 from .registry import REFUSED, REGISTRY
 from .text import TextVectorization, parse_vocabulary_file
@@ -62,6 +61,7 @@ def _linear_chain(model_cfg):
     entries = cfg.get("layers")
     if not isinstance(entries, list):
         raise ModelFileError(f"model config of class '{cls}' has no 'layers' list")
+    _check_entries(entries, cfg.get("name", cls))
     if cls == "Sequential":
         if not entries or entries[0].get("class_name") != "InputLayer":
             shape = cfg.get("build_input_shape")
@@ -121,6 +121,17 @@ def _linear_chain(model_cfg):
     return chain
 
 
+def _check_entries(entries, model_name):
+    """Every layer entry must be a dict with a str class_name and a dict config, so the
+    rest of the loader can use .get() on it without raw AttributeErrors."""
+    for i, e in enumerate(entries):
+        if not (isinstance(e, dict) and isinstance(e.get("class_name"), str)
+                and isinstance(e.get("config") or {}, dict)):
+            raise ModelFileError(f"model '{model_name}': layers[{i}] is not a layer entry "
+                                 f"(a dict with 'class_name' and 'config'), got {str(e)[:80]!r}; "
+                                 "the file was not written by Keras or is corrupt")
+
+
 def _weight_paths(entries):
     """Path of each layer in model.weights.h5: snake_case(class) + per-class counter,
     counted over the model's layers in config order (ops excluded)."""
@@ -138,22 +149,28 @@ def _weight_paths(entries):
     return paths
 
 
-def _collect_vars(group):
-    """Variables of a layer group in Keras order: own vars, then sub-objects
-    (forward_layer before backward_layer, then the rest alphabetically)."""
+def _collect_vars(group, where, depth=0):
+    """Weight *datasets* (not yet read) of a layer group in Keras order: own vars, then
+    sub-objects (forward_layer before backward_layer, then the rest alphabetically)."""
+    if depth > safety.MAX_JSON_DEPTH:
+        raise ModelFileError(f"{where}: weight groups nested too deep")
     out = []
     if "vars" in group:
-        v = group["vars"]
-        out.extend(np.asarray(v[k], dtype=np.float64) for k in sorted(v.keys(), key=int))
+        v = safety.hard_child(group, "vars", where)
+        keys = sorted(v.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+        out.extend(safety.hard_child(v, k, where) for k in keys)
     keys = [k for k in group.keys() if k != "vars"]
     pri = {"forward_layer": 0, "backward_layer": 1, "cell": 2}
     for k in sorted(keys, key=lambda k: (pri.get(k, 9), k)):
-        if isinstance(group[k], h5py.Group):
-            out.extend(_collect_vars(group[k]))
+        child = safety.hard_child(group, k, where)
+        if isinstance(child, h5py.Group):
+            out.extend(_collect_vars(child, where, depth + 1))
     return out
 
 
-def _build_layer(entry, weights, vocabulary=None):
+def _build_layer(entry, datasets, vocabulary=None):
+    """Check the weight datasets against the config, then read them and build the layer.
+    Any raw error from a malformed config becomes a ModelFileError naming the layer."""
     cls = entry.get("class_name")
     cfg = entry.get("config") or {}
     name = cfg.get("name", entry.get("name", "?"))
@@ -163,9 +180,28 @@ def _build_layer(entry, weights, vocabulary=None):
     if ctor is None:
         raise UnsupportedLayerError(f"layer '{name}': unsupported layer class '{cls}'. "
                                     f"Supported: {', '.join(sorted(REGISTRY))}")
-    if ctor is TextVectorization:
-        return ctor(cfg, weights, cls, vocabulary=vocabulary)
-    return ctor(cfg, weights, cls)
+    where = f"layer '{name}' ({cls})"
+    with _config_errors(where):
+        safety.check_weights(where, datasets, ctor.weight_shapes(cfg))
+        weights = safety.read_weights(where, datasets)
+        if ctor is TextVectorization:
+            return ctor(cfg, weights, cls, vocabulary=vocabulary)
+        return ctor(cfg, weights, cls)
+
+
+@contextlib.contextmanager
+def _config_errors(where):
+    """Turn the raw exceptions a malformed config provokes into a ModelFileError."""
+    try:
+        yield
+    except ScratchError:
+        raise
+    except KeyError as e:
+        raise ModelFileError(f"{where}: config is missing {e}; the file was not written by "
+                             "Keras or is corrupt") from None
+    except (TypeError, ValueError, AttributeError, IndexError, OverflowError, RecursionError) as e:
+        raise ModelFileError(f"{where}: malformed config ({type(e).__name__}: {str(e)[:200]}); "
+                             "the file was not written by Keras or is corrupt") from None
 
 
 def _chain(model_cfg, get_weights, get_vocab, prefix="", owner=None, depth=0):
@@ -208,49 +244,71 @@ def _assemble(model_cfg, get_weights, get_vocab):
         raise UnsupportedLayerError(f"top-level object is a '{model_cfg['class_name']}', "
                                     "not a Sequential/Functional model")
     input_layer, layers = _chain(model_cfg, get_weights, get_vocab)
-    return Model((model_cfg.get("config") or {}).get("name", "model"), input_layer, layers)
+    model = Model((model_cfg.get("config") or {}).get("name", "model"), input_layer, layers)
+    model.check_layers_fit()
+    return model
 
 
 def _load_keras_zip(path):
+    """Read only what is needed, streamed and capped (see :mod:`scratch_layers.safety`):
+    config.json, model.weights.h5 (to a temporary file) and, on demand, the vocabulary
+    of each TextVectorization layer. Other assets are never inflated."""
     try:
         zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+        raise ModelFileError(f"{path}: corrupt or truncated .keras file ({type(e).__name__}: {e})") from None
+    with zf, _zip_errors(path):
         names = set(zf.namelist())
         if "config.json" not in names:
             raise ModelFileError(f"{path}: not a Keras 3 .keras archive (no config.json)")
-        model_cfg = json.loads(zf.read("config.json").decode("utf-8"))
+        model_cfg = safety.load_json(
+            safety.read_member(zf, "config.json", safety.CONFIG_MAX_BYTES, path), f"{path}: config.json")
         if "model.weights.h5" not in names:
             raise ModelFileError(f"{path}: archive has no model.weights.h5 (only the h5 "
                                  "weights format is supported)")
-        wbytes = zf.read("model.weights.h5")
-        assets = {n: zf.read(n) for n in names if n.startswith("assets/") and not n.endswith("/")}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError,
-            UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path}: corrupt or truncated .keras file ({type(e).__name__}: {e})") from None
-    try:
-        h5 = h5py.File(io.BytesIO(wbytes), "r")
-    except OSError as e:
-        raise ModelFileError(f"{path}: model.weights.h5 inside the archive is corrupt ({e})") from None
+        with safety.extract_member(zf, "model.weights.h5", safety.WEIGHTS_MAX_BYTES, path) as wfile:
+            try:
+                h5 = h5py.File(wfile, "r")
+            except OSError as e:
+                raise ModelFileError(f"{path}: model.weights.h5 inside the archive is corrupt ({e})") from None
+            with h5:
+                return _assemble(model_cfg, _keras_weights(h5, path), _keras_vocab(zf, names, path))
 
+
+@contextlib.contextmanager
+def _zip_errors(path):
+    """zipfile's errors while members are streamed (bad CRC, truncation) are file errors."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+        raise ModelFileError(f"{path}: corrupt or truncated .keras file ({type(e).__name__}: {e})") from None
+
+
+def _keras_weights(h5, path):
+    """get_weights for a .keras file: the datasets under ``layers/<path>``."""
     def get_weights(entry, p, owner):
-        if not p:
-            return []
-        grp = h5.get(f"layers/{p}")
+        grp = safety.hard_path(h5, f"layers/{p}", path) if p else None
         if grp is None:
             return []
         try:
-            return _collect_vars(grp)
+            return _collect_vars(grp, f"{path}: layer path '{p}'")
         except (OSError, KeyError, ValueError) as e:
+            if isinstance(e, ScratchError):
+                raise
             raise ModelFileError(f"{path}: cannot read weights of layer path '{p}' ({e})") from None
+    return get_weights
 
+
+def _keras_vocab(zf, names, path):
+    """get_vocab for a .keras file: reads the layer's vocabulary.txt only when asked."""
     def get_vocab(entry, p):
         for cand in (f"assets/layers/{p}/vocabulary.txt",
                      f"assets/layers/{p}/_lookup_layer/vocabulary.txt"):
-            if cand in assets:
-                return parse_vocabulary_file(assets[cand])
+            if cand in names:
+                data = safety.read_member(zf, cand, safety.VOCABULARY_MAX_BYTES, path)
+                return parse_vocabulary_file(data, f"{path}: {cand}")
         return None
-
-    with h5:
-        return _assemble(model_cfg, get_weights, get_vocab)
+    return get_vocab
 
 
 def _attr_list(group, name):
@@ -274,36 +332,38 @@ def _load_legacy_h5(path):
         if "model_config" not in f.attrs:
             raise ModelFileError(f"{path}: HDF5 file has no 'model_config' attribute (a weights-only "
                                  "file?); save the full model with model.save()")
-        raw = f.attrs["model_config"]
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8")
-        try:
-            model_cfg = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ModelFileError(f"{path}: model_config is not valid JSON ({e})") from None
+        model_cfg = safety.read_config_attribute(f, "model_config", path)
         mw = f.get("model_weights")
         if mw is None:
             raise ModelFileError(f"{path}: no 'model_weights' group")
+        outer = (model_cfg.get("config") or {}).get("name") if isinstance(model_cfg, dict) else None
+        return _assemble(model_cfg, _legacy_weights(mw, path, outer), lambda e, p: None)
 
-        def get_weights(entry, p, owner):
-            name = (entry.get("config") or {}).get("name", entry.get("name"))
-            if owner:  # layer of a nested model: its weights sit in the top nested model's group
-                grp = mw.get(owner[0])
-                if grp is None:
-                    return []
-                want = "/".join(owner + [name]) + "/"
-                names = [w for w in _attr_list(grp, "weight_names") if w.startswith(want)]
-            else:
-                grp = mw.get(name)
-                if grp is None:
-                    return []
-                names = _attr_list(grp, "weight_names")
-            try:
-                return [np.asarray(grp[w], dtype=np.float64) for w in names]
-            except (OSError, KeyError, ValueError) as e:
-                raise ModelFileError(f"{path}: cannot read weights of layer '{name}' ({e})") from None
 
-        return _assemble(model_cfg, get_weights, lambda e, p: None)
+def _legacy_weights(mw, path, outer):
+    """get_weights for a legacy .h5: the datasets listed in the group's ``weight_names``.
+
+    A layer of a nested model keeps its weights in the group of the top nested model,
+    under ``<nested names>/<layer name>/``; Keras 3.15 prefixes those names with the
+    outer model's name (``outer/inner/dense/kernel``), older versions do not."""
+    def get_weights(entry, p, owner):
+        name = (entry.get("config") or {}).get("name", entry.get("name"))
+        grp = safety.hard_path(mw, owner[0] if owner else name, path)
+        if grp is None:
+            return []
+        names = _attr_list(grp, "weight_names")
+        if owner:
+            want = "/".join(owner + [name]) + "/"
+            names = [w for w in names if _without_prefix(w, outer).startswith(want)]
+        try:
+            return [safety.hard_path(grp, w, path) for w in names]
+        except (OSError, KeyError, ValueError) as e:
+            raise ModelFileError(f"{path}: cannot read weights of layer '{name}' ({e})") from None
+    return get_weights
+
+
+def _without_prefix(weight_name, outer):
+    return weight_name[len(outer) + 1:] if outer and weight_name.startswith(outer + "/") else weight_name
 
 
 def load_model(path, dtype="float64"):
@@ -318,7 +378,13 @@ def load_model(path, dtype="float64"):
 
 
 def _load(path):
+    """Dispatch on the file's magic bytes. No raw error from a malformed config escapes."""
     path = os.fspath(path)
+    with _config_errors(f"{path}: model config"):
+        return _dispatch(path)
+
+
+def _dispatch(path):
     if not os.path.exists(path):
         raise ModelFileError(f"model file not found: {path}")
     if os.path.isdir(path):

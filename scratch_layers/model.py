@@ -10,7 +10,7 @@ from . import activations
 from ._blas import blas_threads
 from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D
 from .core import BatchNormalization, Embedding, ReLU
-from .errors import InputError
+from .errors import InputError, ModelFileError, ScratchError
 from .recurrent import Bidirectional, RNNBase
 from .text import TextVectorization
 
@@ -20,6 +20,12 @@ from .text import TextVectorization
 CHUNK_BUDGET_BYTES = 8 * 2 ** 20
 RNN_CHUNK_BUDGET_BYTES = 64 * 2 ** 20
 MAX_CHUNK = 4096
+# The NaN/inf check reads the input in blocks of this size (its boolean temporaries
+# stay small however large the input is).
+FINITE_CHECK_BYTES = 4 * 2 ** 20
+# keras_model.predict's default batch_size: the padding unit of a TextVectorization
+# without output_sequence_length (see Model._keras_batches).
+KERAS_PREDICT_BATCH = 32
 
 
 def default_workers():
@@ -41,7 +47,7 @@ class Model:
         self.name = name
         self.input_layer = input_layer
         self.layers = list(layers)
-        self._chunk = None
+        self._chunks = {}
         self.n_workers = default_workers()
         self._recurrent = any(isinstance(l, (RNNBase, Bidirectional)) for l in self.layers)
         self.dtype = np.dtype(np.float64)
@@ -53,6 +59,10 @@ class Model:
             self.input_kind = "int"
         else:
             self.input_kind = "float"
+        # TextVectorization without output_sequence_length pads each batch to its own
+        # longest text, as Keras pads each predict batch: chunks must be Keras' batches
+        self._keras_batches = (isinstance(first, TextVectorization)
+                               and first.output_sequence_length is None)
 
     def __repr__(self):
         return f"<scratch_layers.Model '{self.name}': " + " -> ".join(
@@ -72,8 +82,45 @@ class Model:
             _cast_layer(layer, dtype, set())
         self.dtype = dtype
         self._plan = self._fuse()
-        self._chunk = None
+        self._chunks = {}
         return self
+
+    def check_layers_fit(self):
+        """Run one dummy sample through the layers (called at load time), so weights
+        that do not fit the output of the layer before them are reported as a broken
+        file (ModelFileError naming the layer), not later as bad user input. When the
+        input shape has unknown non-batch sizes (tried as 1) a failure proves nothing
+        and is ignored."""
+        h, exact = self._probe_sample()
+        if h is None:
+            return
+        mask = None
+        for layer in self.layers:
+            try:
+                with np.errstate(all="ignore"):  # e.g. 0/0 when the dummy ids are all padding
+                    y = layer.forward(h, mask)
+                mask = layer.compute_mask(h, mask)
+            except ValueError as e:
+                if isinstance(e, ScratchError) and not isinstance(e, InputError):
+                    raise
+                if not exact:
+                    return
+                raise ModelFileError(
+                    f"{layer.class_name} layer '{layer.name}': its weights do not fit its input, "
+                    f"of shape {(None,) + np.shape(h)[1:]} in this model ({e}); the file's "
+                    "weights and config do not belong together") from None
+            h = y
+
+    def _probe_sample(self):
+        """``(one dummy sample or None, whether its shape is the model's exact shape)``."""
+        if self.input_kind == "string":
+            return np.array(["a"], dtype=object), not self._keras_batches
+        shape = self.input_layer.batch_shape if self.input_layer else None
+        if shape is None:
+            return None, False
+        dims = tuple(1 if d is None else int(d) for d in shape[1:])
+        dtype = np.int64 if self.input_kind == "int" else self.dtype
+        return np.zeros((1,) + dims, dtype), None not in shape[1:]
 
     def _fuse(self):
         """Execution plan for predict(): the same maths as the layers, fewer passes.
@@ -135,42 +182,54 @@ class Model:
             return arr  # id checks (dtype, range) are done by the Embedding layer
         if arr.dtype.kind not in "fiub":
             raise InputError(f"model '{self.name}' expects a numeric float array, got dtype {arr.dtype}")
-        if arr.dtype.kind != "f":
-            arr = arr.astype(self.dtype)
-        # float32/float16 stay as they are here; each chunk is cast to the compute dtype
-        # when it is processed (no full-size float64 copy of a large input)
-        if not allow_nonfinite and arr.size and not np.isfinite(arr).all():
-            bad = np.argwhere(~np.isfinite(arr))[0]
-            raise InputError(f"input contains NaN/inf (first at index {tuple(bad)}); clean the "
-                             "data or call predict(..., allow_nonfinite=True) to propagate it")
+        # the input keeps its dtype here; each chunk is cast to the compute dtype when it
+        # is processed (no full-size float64 copy of a large input)
+        if not allow_nonfinite and arr.dtype.kind == "f":
+            bad = first_nonfinite(arr)
+            if bad is not None:
+                raise InputError(f"input contains NaN/inf (first at index {bad}); clean the data "
+                                 "or call predict(..., allow_nonfinite=True) to propagate it")
         return arr
 
+    def _as_compute(self, x):
+        """A float input chunk in the compute dtype (ids and strings pass unchanged)."""
+        return np.asarray(x, dtype=self.dtype) if self.input_kind == "float" else x
+
     def _chunk_size(self, x):
-        """Pick a chunk so one chunk's largest activation (incl. im2col) fits the budget."""
-        if self._chunk is None:
-            per = 1
-            h, mask = x[:1], None
-            for layer in self.layers:
-                y = layer.forward(h, mask)
-                mask = layer.compute_mask(h, mask)
-                size = np.asarray(y).size
-                if isinstance(layer, (Conv2D, DepthwiseConv2D)):
-                    k = layer.kernel
-                    size += size // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
-                per = max(per, size, np.asarray(h).size)
-                h = y
-            budget = RNN_CHUNK_BUDGET_BYTES if self._recurrent else CHUNK_BUDGET_BYTES
-            self._chunk = int(max(1, min(MAX_CHUNK, budget // (8 * per))))
-        chunk = self._chunk
+        """Pick a chunk so one chunk's largest activation (incl. im2col) fits the budget.
+        Sized for this call's sample shape (a variable-length input may be 10x longer
+        than in the previous call), cached per sample shape."""
+        key = x.shape[1:]
+        if key not in self._chunks:
+            try:
+                self._chunks[key] = self._fit_chunk(self._as_compute(x[:1]))
+            except InputError as e:
+                raise InputError(f"input of shape {x.shape} does not fit model '{self.name}': "
+                                 f"{e}") from None
+        chunk = self._chunks[key]
         if self._recurrent and self.n_workers > 1:  # one big chunk per worker is best
             chunk = min(chunk, -(-len(x) // self.n_workers))
         return max(1, chunk)
 
+    def _fit_chunk(self, h):
+        """Samples per chunk for the one-sample input ``h``."""
+        per, mask = 1, None
+        for layer in self.layers:
+            y = layer.forward(h, mask)
+            mask = layer.compute_mask(h, mask)
+            size = np.asarray(y).size
+            if isinstance(layer, (Conv2D, DepthwiseConv2D)):
+                k = layer.kernel
+                size += size // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
+            per = max(per, size, np.asarray(h).size)
+            h = y
+        budget = RNN_CHUNK_BUDGET_BYTES if self._recurrent else CHUNK_BUDGET_BYTES
+        return int(max(1, min(MAX_CHUNK, budget // (8 * per))))
+
     # -------------------------------------------------------------- inference
     def _run_fast(self, x):
         """predict() path: same maths as _run, with the fused steps of the plan."""
-        if self.input_kind == "float":
-            x = np.asarray(x, dtype=self.dtype)
+        x = self._as_compute(x)
         mask = None
         for step in self._plan:
             if step[0] == "embed_rnn":
@@ -199,8 +258,7 @@ class Model:
     def _run(self, x, collect=False):
         if not collect:
             return self._run_fast(x)
-        if self.input_kind == "float":
-            x = np.asarray(x, dtype=self.dtype)
+        x = self._as_compute(x)
         outs = OrderedDict()
         mask = None
         for layer in self.layers:
@@ -215,7 +273,9 @@ class Model:
         """Forward pass; same shape/meaning as ``keras_model.predict(x)``, in the model's
         compute dtype (float64 unless loaded with ``dtype="float32"``).
 
-        ``batch_size`` only sets the internal chunk size (results do not depend on it).
+        ``batch_size`` only sets the internal chunk size (results do not depend on it),
+        except after a TextVectorization without output_sequence_length: there, as in
+        Keras, each batch of ``batch_size`` (default 32) texts is padded to its longest.
         Non-finite float input raises InputError unless ``allow_nonfinite=True``."""
         x = self._prepare(x, allow_nonfinite)
         # Always one BLAS thread per worker: OpenBLAS's own threading is slower for our
@@ -229,7 +289,10 @@ class Model:
             return np.asarray(self._run(x), dtype=self.dtype)
         if batch_size is not None and int(batch_size) <= 0:
             raise InputError(f"batch_size must be positive, got {batch_size}")
-        chunk = int(batch_size) if batch_size else self._chunk_size(x)
+        if batch_size:
+            chunk = int(batch_size)
+        else:
+            chunk = KERAS_PREDICT_BATCH if self._keras_batches else self._chunk_size(x)
         if n <= chunk:
             return np.asarray(self._run(x), dtype=self.dtype)
         starts = list(range(0, n, chunk))
@@ -248,6 +311,7 @@ class Model:
                 parts = list(ex.map(work, starts))
         else:
             parts = [work(s) for s in starts]
+        _check_same_shapes(parts)
         out = np.empty((n,) + parts[0].shape[1:], dtype=self.dtype)
         for s, part in zip(starts, parts):
             out[s:s + chunk] = part
@@ -266,7 +330,35 @@ class Model:
             if len(x) <= chunk:
                 return self._run(x, collect=True)
             parts = [self._run(x[s:s + chunk], collect=True) for s in range(0, len(x), chunk)]
+        for k in parts[0]:
+            _check_same_shapes([p[k] for p in parts])
         return OrderedDict((k, np.concatenate([p[k] for p in parts])) for k in parts[0])
+
+
+def first_nonfinite(arr, block_bytes=FINITE_CHECK_BYTES):
+    """Index (tuple) of the first NaN/inf of ``arr`` or None, checked block by block
+    along the batch axis so that memory stays bounded on a large input."""
+    if arr.ndim == 0 or arr.size == 0:
+        return None if arr.size == 0 or np.isfinite(arr) else ()
+    rows = max(1, block_bytes // max(1, arr[:1].nbytes))
+    for s in range(0, len(arr), rows):
+        finite = np.isfinite(arr[s:s + rows])
+        if not finite.all():
+            bad = np.argwhere(~finite)[0]
+            return (int(bad[0]) + s,) + tuple(int(i) for i in bad[1:])
+    return None
+
+
+def _check_same_shapes(parts):
+    """Chunk outputs of different shapes (only a TextVectorization without
+    output_sequence_length, whose output keeps each batch's own length) cannot be
+    stacked; Keras' predict fails on them too."""
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise InputError(f"the batches give outputs of different shapes {sorted(shapes)}: the "
+                         "model keeps each batch's own text length (TextVectorization without "
+                         "output_sequence_length). Pass batch_size >= len(x), or save the model "
+                         "with a fixed output_sequence_length.")
 
 
 def _cast_layer(obj, dtype, seen):

@@ -257,6 +257,17 @@ class RNNBase(Layer):
     gates = 1
     step = None
 
+    @classmethod
+    def weight_shapes(cls, config):
+        """kernel (in, gates*units), recurrent_kernel (units, gates*units) [+ bias]."""
+        u = int(config["units"])
+        g = cls.gates * u
+        return [("in", g), (u, g)] + ([cls.bias_shape(config, g)] if config.get("use_bias", True) else [])
+
+    @classmethod
+    def bias_shape(cls, config, g):
+        return (g,)
+
     def __init__(self, config, weights, class_name=None):
         self.use_bias = config.get("use_bias", True)
         self.n_weights = 3 if self.use_bias else 2
@@ -423,6 +434,11 @@ class GRU(RNNBase):
     gates = 3
     step = staticmethod(gru_step)
 
+    @classmethod
+    def bias_shape(cls, config, g):
+        """reset_after=True keeps separate input and recurrent biases: (2, 3*units)."""
+        return (2, g) if config.get("reset_after", True) else (g,)
+
     def __init__(self, config, weights, class_name=None):
         self.reset_after = bool(config.get("reset_after", True))
         super().__init__(config, weights, class_name)
@@ -448,6 +464,14 @@ class Bidirectional(Layer):
     concat (default), sum, ave, mul."""
 
     supports_masking = True
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """The forward layer's weights, then the backward layer's."""
+        fcfg = config["layer"]
+        bcfg = config.get("backward_layer") or fcfg
+        return [s for sub in (fcfg, bcfg)
+                for s in rnn_class(sub, config.get("name")).weight_shapes(sub["config"])]
 
     def __init__(self, config, weights, class_name=None):
         self.n_weights = len(weights)
@@ -537,10 +561,15 @@ class Bidirectional(Layer):
         return mask if self.return_sequences else None
 
 
-def build_rnn(entry, weights, parent):
+def rnn_class(entry, parent):
+    """The RNN class wrapped by Bidirectional layer ``parent``."""
     cls_name = entry.get("class_name")
     if cls_name not in RNN_CLASSES:
         raise UnsupportedLayerError(
             f"Bidirectional layer '{parent}': wrapped layer class '{cls_name}' is not "
             f"supported (supported: {', '.join(RNN_CLASSES)})")
-    return RNN_CLASSES[cls_name](entry["config"], weights, cls_name)
+    return RNN_CLASSES[cls_name]
+
+
+def build_rnn(entry, weights, parent):
+    return rnn_class(entry, parent)(entry["config"], weights, entry["class_name"])

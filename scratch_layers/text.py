@@ -34,13 +34,34 @@ def split(text, mode):
     if mode == "whitespace":
         return [t for t in _WS_SPLIT.split(text) if t]
     if mode == "character":
-        return list(text)
+        return list(_replace_invalid(text))
     return [text]
 
 
-def parse_vocabulary_file(data):
+def decode_input(raw):
+    """Bytes input as TF sees it: invalid UTF-8 bytes are kept (as lone surrogates,
+    ``surrogateescape``), so they are never lowercased, never match the ASCII
+    punctuation regex or whitespace, and a token holding one is out of vocabulary."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _replace_invalid(text):
+    """``tf.strings.unicode_split(errors="replace")``: each maximal invalid UTF-8
+    subsequence becomes one U+FFFD, the same rule as Python's ``errors="replace"``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def parse_vocabulary_file(data, where="vocabulary"):
     """Same parsing as Keras' IndexLookup.load_assets: splitlines, drop trailing empties."""
-    lines = data.decode("utf-8").splitlines()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{where} is not valid UTF-8 ({e}); the file is corrupt") from None
+    lines = text.splitlines()
     while lines and lines[-1] == "":
         lines.pop()
     return lines
@@ -100,7 +121,7 @@ class TextVectorization(Layer):
         out = []
         for v in arr.tolist():
             if isinstance(v, bytes):
-                v = v.decode("utf-8")
+                v = decode_input(v)
             if not isinstance(v, str):
                 raise InputError("TextVectorization: expected raw strings (str or bytes), got "
                                  f"{type(v).__name__} {v!r}. Pass the texts, e.g. np.array(list_of_str)")

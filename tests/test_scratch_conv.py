@@ -218,7 +218,7 @@ def test_cifar_study_cnn_large_batch(pool, bn, head, tmp_path, record_property):
     m = cifar_cnn(k, pool, bn, head, filters=(16, 32, 32))
     x = np.random.default_rng(8).uniform(0, 1, size=(300, 32, 32, 3)).astype("float32")
     sm, _ = check_model(m, x, tmp_path, record_property, batch_sizes=(None, 1000, 64))
-    assert sm._chunk < 300, "test should exercise chunking"
+    assert sm._chunk_size(x) < 300, "test should exercise chunking"
     assert (sm.predict_classes(x[:20]) == np.argmax(m.predict(x[:20], verbose=0), -1)).all()
 
 

@@ -3,13 +3,14 @@ message that says what is wrong and what to do."""
 import json
 import os
 import sys
+import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from keras_factories import keras, save_load  # noqa: E402
+from keras_factories import keras, randomize_weights, save_load  # noqa: E402
 
 import scratch_layers  # noqa: E402
 from scratch_layers import InputError, ModelFileError, ScratchError, UnsupportedLayerError  # noqa: E402
@@ -274,3 +275,142 @@ def test_legacy_h5_text_model_without_vocabulary(tmp_path):
 def test_batch_size_must_be_positive(cnn_file):
     with pytest.raises(InputError, match="batch_size"):
         scratch_layers.load_model(cnn_file).predict(np.zeros((2, 6, 6, 3)), batch_size=-1)
+
+
+# ------------------------------------------------------------------ memory (issue 8, case 4)
+def _peak_extra(fn):
+    """Peak bytes allocated while ``fn`` runs (NumPy reports to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("dtype,allow", [("float32", False), ("float32", True), ("uint8", False)])
+def test_predict_memory_is_bounded_on_a_large_input(tmp_path, monkeypatch, dtype, allow):
+    """61 MB of input: neither the NaN check nor an integer-to-float cast may make a
+    full-size temporary (was +15 MB of booleans, or +490 MB of float64 for uint8)."""
+    import scratch_layers.model as model_mod
+    monkeypatch.setattr(model_mod, "CHUNK_BUDGET_BYTES", 2 ** 20)
+    k = keras()
+    sm, _ = save_load(k.Sequential([k.Input((8, 8, 3)), k.layers.Flatten(), k.layers.Dense(2)]), tmp_path)
+    x = np.ones((80_000, 8, 8, 3), dtype=dtype)
+    peak = _peak_extra(lambda: sm.predict(x, allow_nonfinite=allow))
+    output = 80_000 * 2 * 8
+    assert peak < 2 * output + 6 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MiB above the input"
+
+
+def test_chunk_size_follows_each_calls_input_length(tmp_path, monkeypatch):
+    """A short first call must not fix the chunk size for a later, 200x longer input."""
+    import scratch_layers.model as model_mod
+    monkeypatch.setattr(model_mod, "CHUNK_BUDGET_BYTES", 2 ** 20)
+    k = keras()
+    m = k.Sequential([k.Input((None,), dtype="int32"), k.layers.Embedding(50, 8), k.layers.Dense(8),
+                      k.layers.GlobalAveragePooling1D(), k.layers.Dense(2)])
+    _, path = save_load(m, tmp_path)
+    long_ids = np.random.default_rng(0).integers(0, 50, size=(1000, 1000))
+    fresh = scratch_layers.load_model(path)
+    fresh_peak = _peak_extra(lambda: fresh.predict(long_ids))
+    used = scratch_layers.load_model(path)
+    used.predict(np.ones((10, 5), np.int64))
+    used_peak = _peak_extra(lambda: used.predict(long_ids))
+    assert used_peak < 1.5 * fresh_peak + 2 ** 20, (used_peak, fresh_peak)
+    assert used_peak < 16 * 2 ** 20
+
+
+# ------------------------------------------------------------------ NaN in max pooling (case 5)
+def test_max_pooling_ignores_nan_like_keras(tmp_path):
+    """TF's max pooling skips NaN: a NaN pixel does not make the row NaN."""
+    k = keras()
+    m = randomize_weights(k.Sequential([k.Input((6, 6, 2)), k.layers.Conv2D(3, 1, activation="relu"),
+                                        k.layers.MaxPooling2D(2), k.layers.Flatten(), k.layers.Dense(4)]))
+    sm, _ = save_load(m, tmp_path)
+    x = np.random.default_rng(1).uniform(size=(3, 6, 6, 2)).astype("float32")
+    x[1, 2, 3, 0] = np.nan
+    got = sm.predict(x, allow_nonfinite=True)
+    ref = m.predict(x, verbose=0)
+    assert np.isfinite(ref).all() and np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["pool", "conv-relu-pool"])
+def test_all_nan_max_window_gives_lowest_value(tmp_path, relu):
+    """A window with no number gives the dtype's lowest value, as TF. After Conv2D(relu)
+    TF's graph computes relu(max_pool(x)), so the same window gives relu(lowest) = 0."""
+    k = keras()
+    layers = [k.layers.Conv2D(1, 1, activation="relu")] if relu else []
+    m = k.Sequential([k.Input((4, 4, 1))] + layers + [k.layers.MaxPooling2D(2), k.layers.Flatten()])
+    _, path = save_load(randomize_weights(m), tmp_path)
+    x = np.ones((1, 4, 4, 1), np.float32)
+    x[0, :2, :2] = np.nan
+    x[0, 2:, 2:] = -np.inf
+    ref = m.predict(x, verbose=0)
+    lowest = lambda dtype: 0.0 if relu else np.finfo(dtype).min  # noqa: E731
+    assert ref[0, 0] == lowest(np.float32) and ref[0, 3] == lowest(np.float32)
+    got32 = scratch_layers.load_model(path, dtype="float32").predict(x, allow_nonfinite=True)
+    np.testing.assert_allclose(got32, ref, rtol=1e-6)
+    got64 = scratch_layers.load_model(path).predict(x, allow_nonfinite=True)
+    assert got64[0, 0] == lowest(np.float64) and got64[0, 3] == lowest(np.float64)
+    np.testing.assert_allclose(got64[:, 1:3], ref[:, 1:3], rtol=1e-6)
+
+
+# ------------------------------------------------------------------ nested legacy .h5 (case 6)
+def test_legacy_h5_model_nested_in_sequential(tmp_path):
+    """Keras 3.15 prefixes nested weight names with the outer model's name."""
+    k = keras()
+    inner = k.Sequential([k.layers.Dense(3, activation="tanh"), k.layers.Dense(5)], name="inner")
+    m = randomize_weights(k.Sequential([k.Input((4,)), inner, k.layers.Dense(2)], name="outer"))
+    sm, _ = save_load(m, tmp_path, fmt="h5")
+    x = np.random.default_rng(2).normal(size=(6, 4)).astype("float32")
+    np.testing.assert_allclose(sm.predict(x), m.predict(x, verbose=0), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ invalid UTF-8 (case 3)
+@pytest.mark.parametrize("split", ["whitespace", "character", None])
+def test_invalid_utf8_text_matches_keras(tmp_path, split):
+    """TF treats bytes as bytes: invalid UTF-8 is never lowercased or stripped, a token
+    holding it is out of vocabulary, and split="character" gives U+FFFD per maximal
+    invalid subsequence."""
+    k = keras()
+    tv = k.layers.TextVectorization(vocabulary=["a", "b", "\ufffd", "ab", "\xe9"], split=split,
+                                    output_sequence_length=8)
+    inp = k.Input((1,), dtype="string")
+    sm, _ = save_load(k.Model(inp, tv(inp)), tmp_path)
+    texts = [b"a \xff b", b"a\xffb!", b"\xff\xfe", b"A\xc3", b"\xc3\xa9 \xe9", b"ab\xe2\x82",
+             b"\xe2\x82\xac\xed\xa0\x80", "plain \xe9".encode()]
+    ref = np.asarray(tv(np.array(texts, dtype=object)[:, None]))
+    np.testing.assert_array_equal(sm.predict(texts), ref)
+
+
+# ------------------------------------------------------------------ text padding per batch (case 7)
+def _texts(n=70):
+    return [" ".join(["w%d" % (i % 7)] * (1 + (i * 7) % 13)) for i in range(n)]
+
+
+def test_text_without_sequence_length_pads_per_keras_batch(tmp_path):
+    """Without output_sequence_length Keras pads each predict batch to its own longest
+    text; with no mask that changes the result, so predict uses Keras' batches."""
+    k = keras()
+    tv = k.layers.TextVectorization(max_tokens=30)
+    tv.adapt(_texts())
+    inp = k.Input((1,), dtype="string")
+    h = k.layers.Embedding(30, 4)(tv(inp))
+    m = randomize_weights(k.Model(inp, k.layers.Dense(2)(k.layers.GlobalAveragePooling1D()(h))))
+    sm, _ = save_load(m, tmp_path)
+    x = np.array(_texts(), dtype=object)
+    for bs in (None, 70, 16):
+        ref = m.predict(x, verbose=0, **({} if bs is None else {"batch_size": bs}))
+        np.testing.assert_allclose(sm.predict(x, batch_size=bs), ref, atol=1e-5, rtol=1e-5)
+    assert np.abs(sm.predict(x) - sm.predict(x, batch_size=70)).max() > 1e-3  # padding matters
+
+
+def test_text_output_of_ragged_batches_is_refused(tmp_path):
+    k = keras()
+    tv = k.layers.TextVectorization(vocabulary=["w1", "w2"])
+    inp = k.Input((1,), dtype="string")
+    sm, _ = save_load(k.Model(inp, tv(inp)), tmp_path)
+    with pytest.raises(InputError, match="different shapes.*batch_size >= len"):
+        sm.predict(_texts())
+    assert sm.predict(_texts(), batch_size=100).shape == (70, 13)
