@@ -92,13 +92,24 @@ def answer_section(doc: dict, family_titles: dict) -> str:
     return '<div class="answer">' + "".join(parts) + "</div>"
 
 
+DEFAULT_BENCH_INPUTS = "test split"
+
+
+def _bench_groups(benches: list[dict]) -> list[tuple[tuple[str, str], dict]]:
+    """[((family, inputs), {impl: record})], sorted; one group per ratio baseline."""
+    groups: dict = {}
+    for b in benches:
+        groups.setdefault((b["family"], b.get("inputs", DEFAULT_BENCH_INPUTS)), {})[b["impl"]] = b
+    return sorted(groups.items())
+
+
 def speed_summary(benches: list[dict]) -> str:
     ratios = []
-    for fam in sorted({b["family"] for b in benches}):
-        by = {b["impl"]: b for b in benches if b["family"] == fam}
+    for (fam, inputs), by in _bench_groups(benches):
+        where = "" if inputs == DEFAULT_BENCH_INPUTS else f" ({esc(inputs)})"
         for impl in sorted(by):
             if impl != "keras" and "keras" in by:
-                ratios.append(f"{fam} {impl}: <b>{by[impl]['mean'] / by['keras']['mean']:.2f}×</b>")
+                ratios.append(f"{fam} {impl}{where}: <b>{by[impl]['mean'] / by['keras']['mean']:.2f}×</b>")
     if not ratios:
         return "<p>Speed: no benchmark ran in this session (<code>pytest -m bench</code>).</p>"
     return ("<p>Forward-pass time, scratch / Keras predict over the whole test split "
@@ -252,14 +263,13 @@ def benchmark_section(benches: list[dict]) -> str:
     if not benches:
         return out[0] + "<p>No benchmarks ran in this session (select them with <code>-m bench</code>).</p>"
     rows = []
-    for fam in sorted({b["family"] for b in benches}):
-        by = {b["impl"]: b for b in benches if b["family"] == fam}
+    for (fam, inputs), by in _bench_groups(benches):
         k = by.get("keras")
         for impl, b in sorted(by.items()):
             ratio = f"{b['mean'] / k['mean']:.2f}×" if k else "n/a"
-            rows.append([fam, esc(impl), esc(b["model"]), b["n_items"], f"{b['mean']:.3f} s",
+            rows.append([fam, esc(inputs), esc(impl), esc(b["model"]), b["n_items"], f"{b['mean']:.3f} s",
                          f"{b['min']:.3f} s", ratio, b.get("rounds", "")])
-    out.append(table(["family", "implementation", "model", "items", "mean", "min",
+    out.append(table(["family", "inputs", "implementation", "model", "items", "mean", "min",
                       "time / Keras (below 1: faster)", "rounds"], rows))
     return "".join(out)
 

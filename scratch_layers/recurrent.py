@@ -247,6 +247,13 @@ def _unsort(y, order):
     return out
 
 
+def _scatter_time(y, positions):
+    """out[n, positions[n, j]] = y[n, j] for (N, T, u) outputs of compacted rows."""
+    out = np.empty_like(y)
+    out[np.arange(y.shape[0])[:, None], positions] = y
+    return out
+
+
 class RNNBase(Layer):
     """Shared config handling and forward pass for SimpleRNN / LSTM / GRU.
 
@@ -515,24 +522,38 @@ class Bidirectional(Layer):
 
     def forward_ids(self, ids, mask, embeddings):
         """Bidirectional over an Embedding folded into both input projections.
-        Post-padded (or unmasked) SimpleRNN/LSTM: both directions in one time loop
-        (half the per-step NumPy calls); anything else: two separate scans."""
+        SimpleRNN/LSTM: both directions in one time loop (half the per-step NumPy
+        calls); anything else: two separate scans.
+
+        Padding scattered inside rows is compacted first: a masked step leaves the
+        state unchanged in both directions, so each direction sees exactly the row's
+        valid tokens in order (forward) or reverse order (backward), i.e. the
+        post-padded row of those tokens. Outputs at masked positions are zero (Keras
+        forces ``zero_output_for_mask`` under Bidirectional), so the compacted
+        outputs scatter back to the valid positions and zeros elsewhere."""
         if self._can_fuse() and ids.ndim == 2 and ids.shape[1] > 0:
+            positions = None
             if mask is None:
                 order, lengths = None, np.full(ids.shape[0], ids.shape[1])
             else:
                 order, lengths = post_padding_order(mask)
-            if lengths is not None:
-                if order is not None:
-                    ids = ids[order]
-                table = self._fused_table(embeddings)
-                y, y_rev = fused_bidirectional_scan(self.forward_layer, self.backward_layer,
-                                                    ids, lengths, table)
-                if order is not None:
-                    y, y_rev = _unsort(y, order), _unsort(y_rev, order)
-                if self.return_sequences:  # _merge expects the backward output reversed
-                    y_rev = y_rev[:, ::-1]
-                return self._merge(y, y_rev)
+                if lengths is None:
+                    # valid positions first, each row in time order (stable sort)
+                    positions = np.argsort(~mask, axis=1, kind="stable")
+                    ids = np.take_along_axis(ids, positions, axis=1)
+                    order, lengths = post_padding_order(np.take_along_axis(mask, positions, axis=1))
+            if order is not None:
+                ids = ids[order]
+            table = self._fused_table(embeddings)
+            y, y_rev = fused_bidirectional_scan(self.forward_layer, self.backward_layer,
+                                                ids, lengths, table)
+            if order is not None:
+                y, y_rev = _unsort(y, order), _unsort(y_rev, order)
+            if self.return_sequences:
+                if positions is not None:  # compacted position j -> input position positions[:, j]
+                    y, y_rev = _scatter_time(y, positions), _scatter_time(y_rev, positions)
+                y_rev = y_rev[:, ::-1]  # _merge expects the backward output reversed
+            return self._merge(y, y_rev)
         return self._merge(self.forward_layer.forward_ids(ids, mask, embeddings),
                            self.backward_layer.forward_ids(ids, mask, embeddings))
 

@@ -7,6 +7,7 @@ The baselines are the models the speed targets name: the CIFAR CNN with 3 conv b
 bidirectional SimpleRNN / LSTM on the 400 NusaX test texts.  Both run in one session
 on the same machine; the report shows the ratio.  No timing is asserted.
 """
+import numpy as np
 import pytest
 
 import scratch_layers
@@ -15,6 +16,13 @@ from experiments.report import record
 from experiments.verify import KERAS_BATCH
 
 pytestmark = [pytest.mark.bench, pytest.mark.slow]
+
+
+def _record(benchmark, request, family, impl, model, n_items, inputs="test split"):
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        s = benchmark.stats.stats
+        record(request, "bench", family=family.name, impl=impl, model=model, inputs=inputs,
+               n_items=n_items, mean=s.mean, min=s.min, rounds=s.rounds)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +46,47 @@ def test_forward_speed(benchmark, bench_models, family, impl, request):
     benchmark.group = f"{family.name}: forward pass over {len(x)} test items"
     out = benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
     assert out.shape == (len(x), len(family.load_data().class_names))
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        s = benchmark.stats.stats
-        record(request, "bench", family=family.name, impl=impl, model=tm.entry.path.name,
-               n_items=len(x), mean=s.mean, min=s.min, rounds=s.rounds)
+    _record(benchmark, request, family, impl, tm.entry.path.name, len(x))
+
+
+SCATTERED = "token ids, padding scattered inside rows"
+
+
+@pytest.fixture(scope="session")
+def scattered_ids_models(bench_models, tmp_path_factory):
+    """The text baseline without its TextVectorization (token ids in), on the test
+    split's ids with each row's padding moved to random places inside the row (token
+    order kept): masks that are not post-padding, which the recurrent scan must
+    handle without falling back to a slow path."""
+    import keras
+    tm, keras_model, _, x = bench_models
+    if x.dtype != object:
+        pytest.skip("image family: no token ids")
+    vectorize = keras_model.get_layer("vectorize")
+    ids = np.asarray(vectorize(np.asarray(x, dtype=object).astype(str))).astype("int32")
+    rest = keras_model.layers[keras_model.layers.index(vectorize) + 1:]
+    ids_model = keras.Sequential([keras.Input(ids.shape[1:], dtype="int32")] + rest)
+    path = tmp_path_factory.mktemp("ids") / "ids_model.keras"
+    ids_model.save(path)
+    valid = ids != 0
+    keys = np.random.default_rng(0).random(ids.shape)
+    rank = np.argsort(np.argsort(keys, axis=1), axis=1)
+    scattered_valid = rank < valid.sum(axis=1, keepdims=True)  # same count per row, random places
+    scattered = np.zeros_like(ids)
+    scattered[scattered_valid] = ids[valid]  # row-major: each row keeps its token order
+    return tm, ids_model, path, scattered
+
+
+@pytest.mark.parametrize("impl", ["keras", "scratch", "scratch_float32"])
+def test_forward_speed_scattered_padding(benchmark, scattered_ids_models, family, impl, request):
+    tm, ids_model, path, ids = scattered_ids_models
+    if impl == "keras":
+        ids_model.predict(ids[:KERAS_BATCH], batch_size=KERAS_BATCH, verbose=0)
+        fn = lambda: ids_model.predict(ids, batch_size=KERAS_BATCH, verbose=0)  # noqa: E731
+    else:
+        m = scratch_layers.load_model(path, dtype="float32" if impl == "scratch_float32" else "float64")
+        fn = lambda: m.predict(ids)  # noqa: E731
+    benchmark.group = f"{family.name}: forward pass, {SCATTERED}"
+    out = benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+    assert out.shape == (len(ids), len(family.load_data().class_names))
+    _record(benchmark, request, family, impl, tm.entry.path.name, len(ids), SCATTERED)

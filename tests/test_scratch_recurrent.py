@@ -103,7 +103,7 @@ def test_bidirectional(cell, merge_mode, return_sequences, tmp_path, record_prop
     check_model(m, id_batch("mixed"), tmp_path, record_property)
 
 
-@pytest.mark.parametrize("pattern", ["post-uniform", "pre-uniform", "all-padding", "none"])
+@pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("cell", ["SimpleRNN", "LSTM"])
 def test_stacked_bidirectional_study_model(cell, pattern, tmp_path, record_property):
     """The NusaX study architecture (ids version): Emb(mask_zero) -> BiRNN(seq) -> BiRNN -> Dense."""
