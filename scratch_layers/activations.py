@@ -224,3 +224,81 @@ def get(spec, where="layer"):
             f"{where}: unsupported activation {spec!r}. Supported: "
             + ", ".join(sorted(k for k in ACTIVATIONS if k)))
     return ACTIVATIONS[name]
+
+
+# ----------------------------------------------------------------------------- backward
+# dL/dx of y = f(x) given dL/dy. Each entry takes (x, y, dy): the pre-activation x, the
+# output y and the upstream gradient dy, and returns dL/dx, the derivative TensorFlow's
+# gradient registers for the op Keras uses (e.g. ReluGrad passes where x > 0).
+
+def _softmax_grad(x, y, dy, axis=-1):
+    """J^T dy of y = softmax(x): y * (dy - sum(dy * y))."""
+    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+
+
+def _log_softmax_grad(x, y, dy, axis=-1):
+    """y = x - logsumexp(x): dy - softmax(x) * sum(dy)."""
+    return dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)
+
+
+def _gelu_grad(x, y, dy):
+    """d/dx 0.5 x (1 + erf(x/sqrt2)) = Phi(x) + x phi(x)."""
+    cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return dy * (cdf + x * pdf)
+
+
+GRADIENTS = {
+    linear: lambda x, y, dy: dy,
+    relu: lambda x, y, dy: dy * (x > 0),
+    relu6: lambda x, y, dy: dy * ((x > 0) & (x < 6.0)),
+    leaky_relu: lambda x, y, dy: np.where(x > 0, dy, 0.2 * dy),
+    sigmoid: lambda x, y, dy: dy * y * (1.0 - y),
+    tanh: lambda x, y, dy: dy * (1.0 - y * y),
+    softmax: _softmax_grad,
+    log_softmax: _log_softmax_grad,
+    elu: lambda x, y, dy: np.where(x > 0, dy, dy * (y + 1.0)),
+    selu: lambda x, y, dy: np.where(x > 0, dy * _SELU_SCALE, dy * (y + _SELU_SCALE * _SELU_ALPHA)),
+    softplus: lambda x, y, dy: dy * sigmoid(x),
+    softsign: lambda x, y, dy: dy / (1.0 + np.abs(x)) ** 2,
+    silu: lambda x, y, dy: dy * (sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x)))),
+    gelu: _gelu_grad,
+    exponential: lambda x, y, dy: dy * y,
+    hard_sigmoid: lambda x, y, dy: dy * (((x > -3.0) & (x < 3.0)) / 6.0),
+}
+
+# dy/dx written with the output y only, for the recurrent cells (which keep the gate
+# outputs, not the pre-activations): sigmoid' = y (1 - y), tanh' = 1 - y^2.
+OUTPUT_DERIVATIVES = {
+    linear: lambda y: np.ones_like(y),
+    relu: lambda y: (y > 0).astype(y.dtype),
+    sigmoid: lambda y: y * (1.0 - y),
+    tanh: lambda y: 1.0 - y * y,
+}
+
+
+def backward(fn, x, y, dy, where="layer"):
+    """dL/dx for y = fn(x) (see :data:`GRADIENTS`)."""
+    grad = GRADIENTS.get(fn)
+    if grad is None:
+        raise _no_gradient(fn, where, GRADIENTS)
+    return grad(x, y, dy)
+
+
+def output_derivative(fn, where="layer"):
+    """The function y -> dy/dx for activation ``fn`` (see :data:`OUTPUT_DERIVATIVES`)."""
+    d = OUTPUT_DERIVATIVES.get(fn)
+    if d is None:
+        raise _no_gradient(fn, where, OUTPUT_DERIVATIVES)
+    return d
+
+
+def name_of(fn):
+    return next((k for k, v in ACTIVATIONS.items() if v is fn and k), getattr(fn, "__name__", str(fn)))
+
+
+def _no_gradient(fn, where, table):
+    from .errors import NoBackwardError
+    return NoBackwardError(
+        f"{where}: activation '{name_of(fn)}' has no backward pass in scratch_layers "
+        f"(supported here: {', '.join(sorted(name_of(f) for f in table))}); predict() still works")

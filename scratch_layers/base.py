@@ -1,5 +1,7 @@
 """Layer base class and small helpers shared by all layer implementations."""
-from .errors import InputError, ModelFileError, UnsupportedLayerError
+import numpy as np
+
+from .errors import InputError, ModelFileError, NoBackwardError, UnsupportedLayerError
 
 
 class Layer:
@@ -44,6 +46,52 @@ class Layer:
 
     def __call__(self, x, mask=None):
         return self.forward(x, mask)
+
+    # training ------------------------------------------------------------
+    # ``forward_train(x, mask, ctx) -> y`` is ``forward`` that also keeps (in
+    # ``self._saved``) what ``backward`` needs; ``ctx`` is a
+    # :class:`scratch_layers.training.TrainContext` (training flag, RNG).
+    # ``backward(dy, need_dx=True) -> (dx, grads)``: dL/dx (None when ``need_dx`` is
+    # False or the input has no gradient, e.g. token ids) and dL/dw for each trainable
+    # weight, in Keras order (see :meth:`trainable_flags`).
+
+    def forward_train(self, x, mask, ctx):
+        raise self.no_backward()
+
+    def backward(self, dy, need_dx=True):
+        raise self.no_backward()
+
+    def no_backward(self, what=""):
+        return NoBackwardError(
+            f"{self.class_name} layer '{self.name}'{' ' + what if what else ''} has no backward "
+            "pass in scratch_layers, so loss_and_gradients/train_on_batch cannot run this model "
+            "(predict still works). See scratch_layers/README.md, 'Training', for the layers "
+            "that have one.")
+
+    def trainable_flags(self):
+        """Whether each weight (Keras order) is trainable: all of them unless the layer
+        was saved with ``trainable=False`` (BatchNormalization overrides this)."""
+        return [bool(self.config.get("trainable", True))] * len(self.weights)
+
+    def set_weights(self, weights):
+        """Replace the weights (Keras order, already in the compute dtype): the layer is
+        rebuilt from its config, so every derived array (folded, reordered, cached) is
+        recomputed."""
+        if len(weights) != len(self.weights):
+            raise InputError(f"{self.class_name} layer '{self.name}': set_weights got "
+                             f"{len(weights)} arrays, expected {len(self.weights)}")
+        for new, old in zip(weights, self.weights):
+            if np.shape(new) != np.shape(old):
+                raise InputError(f"{self.class_name} layer '{self.name}': weight of shape "
+                                 f"{np.shape(new)} given, expected {np.shape(old)}")
+        if not self.weights:
+            return
+        keep = {k: v for k, v in vars(self).items() if k in self.KEEP_ON_SET_WEIGHTS}
+        fresh = type(self)(self.config, list(weights), self.class_name)
+        self.__dict__.clear()
+        self.__dict__.update(vars(fresh), **keep)
+
+    KEEP_ON_SET_WEIGHTS = ("weight_paths",)
 
     def __repr__(self):
         return f"<{self.class_name} '{self.name}'>"

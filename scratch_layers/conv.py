@@ -31,14 +31,11 @@ def pad2d(x, pads, value=0.0):
     return out
 
 
-def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit_pads=None):
-    """2-D cross-correlation as Keras/TF computes it.
-
-    x: (N, H, W, C); kernel: (kh, kw, C, F) -> (N, Ho, Wo, F) with
-    y[n,i,j,f] = sum_{a,b,c} xpad[n, i*sh + a*dh, j*sw + b*dw, c] * kernel[a,b,c,f].
-    'same' padding follows TF (extra row/column at the bottom/right)."""
-    n, h, w, c = x.shape
-    kh, kw, _, f = kernel.shape
+def conv_geometry(x_shape, k_shape, strides, padding, dilation, explicit_pads=None):
+    """``(ho, wo, ((pt, pb), (pl, pr)))`` of a 2-D convolution (TF 'same'/'valid', or the
+    given explicit pads)."""
+    _, h, w, _ = x_shape
+    kh, kw = k_shape[:2]
     sh, sw = strides
     dh, dw = dilation
     if explicit_pads is not None:
@@ -51,16 +48,58 @@ def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit
     if ho <= 0 or wo <= 0:
         raise InputError(f"input spatial size {(h, w)} is too small for kernel {(kh, kw)} "
                          f"with dilation {dilation} and padding '{padding}'")
-    if kh == 1 and kw == 1 and sh == 1 and sw == 1 and not (pt or pb or pl or pr):
-        return np.matmul(x.reshape(-1, c), kernel.reshape(c, f)).reshape(n, ho, wo, f)
-    xp = pad2d(x, ((pt, pb), (pl, pr)))
-    # im2col as ONE strided view (N, Ho, Wo, kh, kw, C) copied into a contiguous
-    # buffer; with dilation 1 the (kw, C) axes are one contiguous run of kw*C
-    # values, which numpy's copy loop coalesces.
+    return ho, wo, ((pt, pb), (pl, pr))
+
+
+def im2col(x, k_shape, strides, dilation, pads, ho, wo):
+    """(N, Ho, Wo, kh, kw, C) contiguous patches: ONE strided view of the padded input,
+    copied once; with dilation 1 the (kw, C) axes are one contiguous run of kw*C
+    values, which numpy's copy loop coalesces."""
+    n, _, _, c = x.shape
+    kh, kw = k_shape[:2]
+    xp = pad2d(x, pads)
     s0, s1, s2, s3 = xp.strides
-    view = as_strided(xp, (n, ho, wo, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3),
+    view = as_strided(xp, (n, ho, wo, kh, kw, c),
+                      (s0, s1 * strides[0], s2 * strides[1], s1 * dilation[0], s2 * dilation[1], s3),
                       writeable=False)
-    cols = np.ascontiguousarray(view)
+    return np.ascontiguousarray(view)
+
+
+def col2im(dcols, x_shape, strides, dilation, pads):
+    """Adjoint of :func:`im2col`: dx[n, i*sh + a*dh - pt, j*sw + b*dw - pl, c] +=
+    dcols[n, i, j, a, b, c]. One strided slab add per kernel offset (kh*kw adds; within
+    one offset the slab's cells are distinct, so ``+=`` is exact), then the pads are cut."""
+    n, h, w, c = x_shape
+    _, ho, wo, kh, kw, _ = dcols.shape
+    (pt, pb), (pl, pr) = pads
+    sh, sw = strides
+    dh, dw = dilation
+    rows = max(h + pt + pb, (kh - 1) * dh + (ho - 1) * sh + 1)
+    cols = max(w + pl + pr, (kw - 1) * dw + (wo - 1) * sw + 1)
+    dxp = np.zeros((n, rows, cols, c), dcols.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            dxp[:, a * dh:a * dh + (ho - 1) * sh + 1:sh, b * dw:b * dw + (wo - 1) * sw + 1:sw] += \
+                dcols[:, :, :, a, b]
+    return dxp[:, pt:pt + h, pl:pl + w]
+
+
+def _is_pointwise(k_shape, strides, pads):
+    return k_shape[0] == 1 and k_shape[1] == 1 and strides == (1, 1) and not any(pads[0] + pads[1])
+
+
+def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit_pads=None):
+    """2-D cross-correlation as Keras/TF computes it.
+
+    x: (N, H, W, C); kernel: (kh, kw, C, F) -> (N, Ho, Wo, F) with
+    y[n,i,j,f] = sum_{a,b,c} xpad[n, i*sh + a*dh, j*sw + b*dw, c] * kernel[a,b,c,f].
+    'same' padding follows TF (extra row/column at the bottom/right)."""
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    ho, wo, pads = conv_geometry(x.shape, kernel.shape, strides, padding, dilation, explicit_pads)
+    if _is_pointwise(kernel.shape, tuple(strides), pads):
+        return np.matmul(x.reshape(-1, c), kernel.reshape(c, f)).reshape(n, ho, wo, f)
+    cols = im2col(x, kernel.shape, strides, dilation, pads, ho, wo)
     y = np.matmul(cols.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, f))
     return y.reshape(n, ho, wo, f)
 
@@ -110,6 +149,54 @@ class Conv2D(Layer):
             return np.maximum(y, 0.0, out=y)  # fused, in place
         return self.activation(y)
 
+    def _as_image(self, x):
+        """(input as (N, H, W, C), explicit pads or None); Conv1D adds H = 1."""
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        return x, None
+
+    def forward_train(self, x, mask, ctx):
+        """z = im2col(x) @ K + b (the patches are kept for the backward pass); y = act(z)."""
+        x4, explicit = self._as_image(x)
+        self.check_last_dim(x4, self.kernel.shape[2])
+        k = self.kernel
+        ho, wo, pads = conv_geometry(x4.shape, k.shape, self.strides, self.padding,
+                                     self.dilation, explicit)
+        pointwise = _is_pointwise(k.shape, tuple(self.strides), pads)
+        if pointwise:
+            cols = x4.reshape(-1, k.shape[2])
+        else:
+            cols = im2col(x4, k.shape, self.strides, self.dilation, pads, ho, wo)
+            cols = cols.reshape(-1, k.shape[0] * k.shape[1] * k.shape[2])
+        z = np.matmul(cols, k.reshape(-1, k.shape[-1]))
+        if self.bias is not None:
+            z += self.bias
+        z = z.reshape(x4.shape[0], ho, wo, k.shape[-1])
+        y = self.activation(z)
+        self._saved = (x4.shape, cols, pads, z, y, pointwise)
+        return y if x.ndim == 4 else y[:, 0]
+
+    def backward(self, dy, need_dx=True, wrt_preactivation=False):
+        """dz = act'(z) dy;  dK = cols^T dz;  db = sum dz;  dx = col2im(dz K^T)."""
+        x_shape, cols, pads, z, y, pointwise = self._saved
+        dy = dy.reshape(y.shape)
+        dz = dy if wrt_preactivation else activations.backward(
+            self.activation, z, y, dy, f"{self.class_name} layer '{self.name}'")
+        k = self.kernel
+        dz2 = dz.reshape(-1, k.shape[-1])
+        grads = [np.matmul(cols.T, dz2).reshape(self.weights[0].shape)]
+        if self.bias is not None:
+            grads.append(dz2.sum(axis=0))
+        if not need_dx:
+            return None, grads
+        dcols = np.matmul(dz2, k.reshape(-1, k.shape[-1]).T)
+        if pointwise:
+            dx = dcols.reshape(x_shape)
+        else:
+            n, ho, wo = z.shape[:3]
+            dx = col2im(dcols.reshape(n, ho, wo, *k.shape[:3]), x_shape, self.strides,
+                        self.dilation, pads)
+        return (dx if len(self.weights[0].shape) == 4 else dx[:, 0]), grads
+
 
 class Conv1D(Conv2D):
     """Conv1D on (N, L, C) via conv2d with H=1; supports 'causal' padding
@@ -123,6 +210,7 @@ class Conv1D(Conv2D):
         if self.causal:
             cfg["padding"] = "valid"
         super().__init__(cfg, weights, class_name)
+        self.config = config  # the file's config (set_weights rebuilds the layer from it)
         self.kernel = self.kernel[None]  # (1, k, C, F)
         self.strides = (1,) + self.sizes("strides", 1, 1)
         self.dilation = (1,) + self.sizes("dilation_rate", 1, 1)
@@ -138,6 +226,11 @@ class Conv1D(Conv2D):
         else:
             y = conv2d(x4, self.kernel, self.strides, self.padding, self.dilation)
         return y[:, 0]
+
+    def _as_image(self, x):
+        self.check_rank(x, 3, "sequence batch (N, L, C)")
+        explicit = ((0, 0), ((self.kernel.shape[1] - 1) * self.dilation[1], 0)) if self.causal else None
+        return x[:, None], explicit
 
 
 class DepthwiseConv2D(Layer):
@@ -228,6 +321,58 @@ def pool2d(x, pool, strides, padding, mode):
     return out
 
 
+def pool2d_backward(x, y, dy, pool, strides, padding, mode):
+    """dL/dx of :func:`pool2d` (y its output). Max: each window's gradient goes to its
+    first maximal cell in row-major order (as TF's MaxPoolGrad); a window with no number
+    passes nothing. Average: each window's gradient is split evenly over its real cells.
+    Loops over the pool offsets only; overlapping windows accumulate."""
+    n, h, w, c = x.shape
+    ph, pw = pool
+    sh, sw = strides
+    ho, pt, pb = _out_and_pads(h, ph, sh, 1, padding)
+    wo, pl, pr = _out_and_pads(w, pw, sw, 1, padding)
+    dxp = np.zeros((n, h + pt + pb, w + pl + pr, c), dy.dtype)
+    windows = [(slice(None), slice(a, a + (ho - 1) * sh + 1, sh), slice(b, b + (wo - 1) * sw + 1, sw))
+               for a in range(ph) for b in range(pw)]
+    if mode == "max":
+        xp = pad2d(x, ((pt, pb), (pl, pr)), np.nan)
+        open_ = np.ones(y.shape, bool)  # windows whose maximum has not been found yet
+        for win in windows:
+            hit = xp[win] == y
+            hit &= open_
+            open_ &= ~hit
+            dxp[win] += np.where(hit, dy, 0.0)
+    else:
+        if pt or pb or pl or pr:
+            def counts(size, k, s, before, nout):
+                starts = np.arange(nout) * s - before
+                return (np.minimum(starts + k, size) - np.maximum(starts, 0)).astype(dy.dtype)
+            share = dy / np.outer(counts(h, ph, sh, pt, ho), counts(w, pw, sw, pl, wo))[None, :, :, None]
+        else:
+            share = dy / (ph * pw)
+        for win in windows:
+            dxp[win] += share
+    return dxp[:, pt:pt + h, pl:pl + w]
+
+
+class PoolingBackward:
+    """forward_train / backward of the pooling layers (see :func:`pool2d_backward`)."""
+
+    def forward_train(self, x, mask, ctx):
+        y = self.forward(x, mask)
+        self._saved = (x, y)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        x, y = self._saved
+        if x.ndim == 3:  # 1-D pooling runs as 2-D with H = 1
+            dx = pool2d_backward(x[:, None], y[:, None], dy[:, None], (1, self.pool),
+                                 (1, self.stride), self.padding, self.mode)[:, 0]
+        else:
+            dx = pool2d_backward(x, y, dy, self.pool, self.strides, self.padding, self.mode)
+        return dx, []
+
+
 def tf_max_floor(y):
     """TF's max pooling starts every window at the dtype's lowest finite value and
     skips NaN: a window of only NaN/-inf gives that value (-3.4e38 in float32 Keras,
@@ -238,7 +383,7 @@ def tf_max_floor(y):
     return np.fmax(y, np.finfo(y.dtype).min, out=y)
 
 
-class Pooling2D(Layer):
+class Pooling2D(PoolingBackward, Layer):
     """MaxPooling2D / AveragePooling2D (channels_last). strides default to pool_size."""
 
     mode = "max"
@@ -264,7 +409,7 @@ class AveragePooling2D(Pooling2D):
     mode = "avg"
 
 
-class Pooling1D(Layer):
+class Pooling1D(PoolingBackward, Layer):
     """MaxPooling1D / AveragePooling1D on (N, L, C) via the 2-D routine with H=1."""
 
     mode = "max"
@@ -312,6 +457,28 @@ class GlobalPooling(Layer):
             return (x * m).sum(axis=1, keepdims=self.keepdims) / m.sum(axis=1, keepdims=self.keepdims)
         return x.mean(axis=axes, keepdims=self.keepdims)
 
+    def forward_train(self, x, mask, ctx):
+        y = self.forward(x, mask)
+        self._saved = (x, mask, y)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        """avg: dx = dy / count (masked 1-D: dy * m / sum(m)); max: dy split evenly over
+        the cells equal to the maximum (TF's reduce_max gradient)."""
+        x, mask, y = self._saved
+        axes = tuple(range(1, 1 + self.rank))
+        if not self.keepdims:
+            dy = np.expand_dims(dy, axes)
+            y = np.expand_dims(y, axes)
+        if self.mode == "max":
+            hit = (x == y).astype(x.dtype)
+            return hit * (dy / hit.sum(axis=axes, keepdims=True)), []
+        if mask is not None and self.rank == 1:
+            m = mask.astype(x.dtype)[..., None]
+            return m * (dy / m.sum(axis=1, keepdims=True)), []
+        count = int(np.prod([x.shape[a] for a in axes]))
+        return np.broadcast_to(dy / count, x.shape).copy(), []
+
 
 def _global(mode, rank):
     return type(f"Global{mode.title()}Pooling{rank}D", (GlobalPooling,), {"mode": mode, "rank": rank})
@@ -337,4 +504,12 @@ class ZeroPadding2D(Layer):
     def forward(self, x, mask=None):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         return pad2d(x, self.pads)
+
+    def forward_train(self, x, mask, ctx):
+        self._shape = x.shape
+        return self.forward(x, mask)
+
+    def backward(self, dy, need_dx=True):
+        (t, _), (l, _) = self.pads
+        return dy[:, t:t + self._shape[1], l:l + self._shape[2]], []
 

@@ -4,7 +4,13 @@ import numpy as np
 
 from . import activations
 from .base import Layer
-from .errors import InputError
+from .errors import InputError, NoBackwardError
+
+# Random augmentation layers: Keras transforms the batch with its own RNG in training mode.
+RANDOM_AUGMENTATION = ("RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom",
+                       "RandomContrast", "RandomBrightness")
+# Noise layers whose training-mode randomness scratch_layers does not reproduce.
+RANDOM_NOISE = ("GaussianNoise", "GaussianDropout", "AlphaDropout")
 
 
 class InputLayer(Layer):
@@ -38,6 +44,36 @@ class NoOp(Layer):
     def forward(self, x, mask=None):
         return x
 
+    def forward_train(self, x, mask, ctx):
+        """Identity, except in training mode: Dropout / SpatialDropout draw their own mask
+        (y = x * keep / (1 - rate), keep ~ Bernoulli(1 - rate), from ``ctx.rng``); random
+        augmentation raises unless ``ctx.augmentation == "identity"``; noise layers raise."""
+        self._keep = None
+        if not ctx.training:
+            return x
+        if self.class_name in RANDOM_AUGMENTATION:
+            if ctx.augmentation != "identity":
+                raise NoBackwardError(
+                    f"{self.class_name} layer '{self.name}' is random augmentation, which "
+                    "scratch_layers does not reproduce in training mode. Augment the batch "
+                    "yourself and pass augmentation='identity' (the layer is then the identity), "
+                    "or use training=False.")
+            return x
+        if self.class_name in RANDOM_NOISE or self.class_name == "ActivityRegularization":
+            raise self.no_backward("in training mode (its training-time noise/loss is not "
+                                   "reproduced; use training=False)")
+        rate = float(self.config.get("rate", 0.0))
+        if not self.class_name.endswith("Dropout") or rate == 0.0:
+            return x
+        shape = list(x.shape)
+        if self.class_name.startswith("SpatialDropout"):  # one draw per sample and channel
+            shape[1:-1] = [1] * (x.ndim - 2)
+        self._keep = (ctx.rng.random(shape) >= rate).astype(x.dtype) / (1.0 - rate)
+        return x * self._keep
+
+    def backward(self, dy, need_dx=True):
+        return (dy if self._keep is None else dy * self._keep), []
+
 
 class Dense(Layer):
     """y = activation(x @ kernel + bias); x may have any rank >= 2 (last axis contracted)."""
@@ -69,9 +105,51 @@ class Dense(Layer):
             y += self.bias  # in place: y is a fresh array
         return self.activation(y)
 
+    def forward_train(self, x, mask, ctx):
+        self.check_last_dim(x, self.kernel.shape[0])
+        z = np.matmul(x, self.kernel)
+        if self.bias is not None:
+            z += self.bias
+        y = self.activation(z)
+        self._saved = (x, z, y)
+        return y
 
-class Activation(Layer):
+    def backward(self, dy, need_dx=True, wrt_preactivation=False):
+        """z = x W + b, y = act(z):  dz = act'(z) dy;  dW = x^T dz;  db = sum dz;
+        dx = dz W^T (x of any rank: the leading axes are flattened). With
+        ``wrt_preactivation`` the incoming gradient is already dL/dz."""
+        x, z, y = self._saved
+        dz = dy if wrt_preactivation else activations.backward(
+            self.activation, z, y, dy, f"Dense layer '{self.name}'")
+        dz2 = dz.reshape(-1, dz.shape[-1])
+        grads = [np.matmul(x.reshape(-1, x.shape[-1]).T, dz2)]
+        if self.bias is not None:
+            grads.append(dz2.sum(axis=0))
+        return (np.matmul(dz, self.kernel.T) if need_dx else None), grads
+
+
+class ElementwiseBackward:
+    """Mixin for weightless activation layers: forward_train keeps (x, y) and backward
+    applies :meth:`local_grad` (x, y, dy) -> dx."""
+
+    def forward_train(self, x, mask, ctx):
+        y = self.forward(x, mask)
+        self._saved = (x, y)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        x, y = self._saved
+        return self.local_grad(x, y, dy), []
+
+
+class Activation(ElementwiseBackward, Layer):
     supports_masking = True
+
+    def local_grad(self, x, y, dy):
+        return activations.backward(self.fn, x, y, dy, f"Activation layer '{self.name}'")
+
+    def backward(self, dy, need_dx=True, wrt_preactivation=False):
+        return (dy, []) if wrt_preactivation else super().backward(dy, need_dx)
 
     def __init__(self, config, weights, class_name=None):
         super().__init__(config, weights, class_name)
@@ -81,8 +159,16 @@ class Activation(Layer):
         return self.fn(x)
 
 
-class ReLU(Layer):
-    """Keras ReLU layer: max_value, negative_slope and threshold options."""
+class ReLU(ElementwiseBackward, Layer):
+    """Keras ReLU layer: max_value, negative_slope and threshold options.
+    Backward: slope 1 where x > threshold (TF ReluGrad passes where x > 0), else
+    negative_slope; 0 where the output is clipped at max_value."""
+
+    def local_grad(self, x, y, dy):
+        slope = np.where(x > self.threshold, 1.0, self.negative_slope)
+        if self.max_value is not None:
+            slope = np.where(y < self.max_value, slope, 0.0)
+        return dy * slope
 
     supports_masking = True
 
@@ -97,8 +183,11 @@ class ReLU(Layer):
         return activations.relu(x, self.negative_slope, self.max_value, self.threshold)
 
 
-class LeakyReLU(Layer):
+class LeakyReLU(ElementwiseBackward, Layer):
     supports_masking = True
+
+    def local_grad(self, x, y, dy):
+        return np.where(x > 0, dy, self.slope * dy)
 
     def __init__(self, config, weights, class_name=None):
         super().__init__(config, weights, class_name)
@@ -108,8 +197,11 @@ class LeakyReLU(Layer):
         return activations.leaky_relu(x, self.slope)
 
 
-class ELU(Layer):
+class ELU(ElementwiseBackward, Layer):
     supports_masking = True
+
+    def local_grad(self, x, y, dy):
+        return np.where(x > 0, dy, dy * (y + self.alpha))
 
     def __init__(self, config, weights, class_name=None):
         super().__init__(config, weights, class_name)
@@ -119,9 +211,15 @@ class ELU(Layer):
         return activations.elu(x, self.alpha)
 
 
-class Softmax(Layer):
+class Softmax(ElementwiseBackward, Layer):
     """Softmax layer. With a mask, Keras adds -1e9 to masked logits first; we do
     the same (only relevant when a mask reaches this layer)."""
+
+    def local_grad(self, x, y, dy):
+        return activations._softmax_grad(x, y, dy, axis=self.axis)
+
+    def backward(self, dy, need_dx=True, wrt_preactivation=False):
+        return (dy, []) if wrt_preactivation else super().backward(dy, need_dx)
 
     supports_masking = True
 
@@ -175,6 +273,77 @@ class BatchNormalization(Layer):
             inv = inv * gamma
         self.mul = inv
         self.add = (beta if beta is not None else 0.0) - mean * inv
+        self.eps = eps
+        self.momentum = float(config.get("momentum", 0.99))
+
+    def trainable_flags(self):
+        """gamma, beta trainable (unless the layer is frozen); the moving statistics never."""
+        t = bool(self.config.get("trainable", True))
+        return [t] * (self.n_weights - 2) + [False, False]
+
+    def _reduce(self, x):
+        axis = self.axis % x.ndim
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        return tuple(a for a in range(x.ndim) if a != axis), shape
+
+    def forward_train(self, x, mask, ctx):
+        """Training mode (and a trainable layer): batch statistics over every axis but the
+        channel axis, mu = mean(x), var = mean((x - mu)^2) (biased, as tf.nn.moments);
+        otherwise the moving statistics.  xhat = (x - mu) / sqrt(var + eps);
+        y = gamma * xhat + beta."""
+        axes, shape = self._reduce(x)
+        w = list(self.weights)
+        gamma = w.pop(0) if self.scale else None
+        beta = w.pop(0) if self.center else None
+        batch = ctx.training and bool(self.config.get("trainable", True))
+        if batch:
+            if mask is not None:
+                raise self.no_backward("with a mask in training mode")
+            mean = x.mean(axis=axes)
+            var = np.square(x - mean.reshape(shape)).mean(axis=axes)
+            self.batch_stats = (mean, var)
+        else:
+            mean, var = w
+            self.batch_stats = None
+        inv = 1.0 / np.sqrt(var + self.eps)
+        xhat = (x - mean.reshape(shape)) * inv.reshape(shape)
+        y = xhat * gamma.reshape(shape) if gamma is not None else xhat.copy()
+        if beta is not None:
+            y += beta.reshape(shape)
+        self._saved = (xhat, inv, gamma, batch, axes, shape)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        """dgamma = sum(dy xhat); dbeta = sum(dy); with moving statistics
+        dx = dy gamma / sqrt(var + eps); with batch statistics (M values per channel)
+        dx = gamma / (M sqrt(var + eps)) * (M dy - sum(dy) - xhat sum(dy xhat))."""
+        xhat, inv, gamma, batch, axes, shape = self._saved
+        dgamma = np.sum(dy * xhat, axis=axes)
+        dbeta = np.sum(dy, axis=axes)
+        grads = ([dgamma] if self.scale else []) + ([dbeta] if self.center else []) + [None, None]
+        if not need_dx:
+            return None, grads
+        g = inv if gamma is None else inv * gamma
+        if not batch:
+            return dy * g.reshape(shape), grads
+        m = dy.size // dy.shape[self.axis % dy.ndim]
+        dx = dy * m
+        dx -= dbeta.reshape(shape)
+        dx -= xhat * dgamma.reshape(shape)
+        dx *= (g / m).reshape(shape)
+        return dx, grads
+
+    def state_updates(self):
+        """The weights after one training step's moving-average update (Keras):
+        moving = moving * momentum + batch_stat * (1 - momentum); None if no update."""
+        if self.batch_stats is None:
+            return None
+        k = self.n_weights - 2
+        mean, var = self.batch_stats
+        mom = self.momentum
+        return list(self.weights[:k]) + [self.weights[k] * mom + mean * (1.0 - mom),
+                                         self.weights[k + 1] * mom + var * (1.0 - mom)]
 
     def forward(self, x, mask=None):
         axis = self.axis % x.ndim if x.ndim else 0
@@ -241,6 +410,13 @@ class Flatten(Layer):
     def forward(self, x, mask=None):
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # explicit size: works for N=0
 
+    def forward_train(self, x, mask, ctx):
+        self._shape = x.shape
+        return self.forward(x, mask)
+
+    def backward(self, dy, need_dx=True):
+        return dy.reshape(self._shape), []
+
 
 class Reshape(Layer):
     def __init__(self, config, weights, class_name=None):
@@ -258,6 +434,13 @@ class Reshape(Layer):
             raise InputError(f"Reshape layer '{self.name}': cannot reshape input of shape "
                              f"{x.shape} to (batch,) + {self.target}") from None
 
+    def forward_train(self, x, mask, ctx):
+        self._shape = x.shape
+        return self.forward(x, mask)
+
+    def backward(self, dy, need_dx=True):
+        return dy.reshape(self._shape), []
+
 
 class Permute(Layer):
     def __init__(self, config, weights, class_name=None):
@@ -266,6 +449,12 @@ class Permute(Layer):
 
     def forward(self, x, mask=None):
         return np.transpose(x, (0,) + self.dims)
+
+    def forward_train(self, x, mask, ctx):
+        return self.forward(x, mask)
+
+    def backward(self, dy, need_dx=True):
+        return np.transpose(dy, np.argsort((0,) + self.dims)), []
 
 
 class Rescaling(Layer):
@@ -282,6 +471,12 @@ class Rescaling(Layer):
 
     def forward(self, x, mask=None):
         return x * self.scale + self.offset
+
+    def forward_train(self, x, mask, ctx):
+        return self.forward(x, mask)
+
+    def backward(self, dy, need_dx=True):
+        return dy * self.scale, []
 
 
 class Masking(Layer):
@@ -300,6 +495,13 @@ class Masking(Layer):
     def forward(self, x, mask=None):
         m = np.any(x != self.value, axis=-1, keepdims=True)
         return x * m
+
+    def forward_train(self, x, mask, ctx):
+        self._keep = np.any(x != self.value, axis=-1, keepdims=True)
+        return x * self._keep
+
+    def backward(self, dy, need_dx=True):
+        return dy * self._keep, []
 
 
 class Embedding(Layer):
@@ -356,3 +558,14 @@ class Embedding(Layer):
 
     def forward(self, x, mask=None):
         return self.table[self.check_ids(x)]
+
+    def forward_train(self, x, mask, ctx):
+        self._ids = self.check_ids(x)
+        return self.table[self._ids]
+
+    def backward(self, dy, need_dx=True):
+        """dE[v] = sum of dy over the positions whose id is v (padding ids included: the
+        layers after a mask give them zero gradient). The input (ids) has no gradient."""
+        dtable = np.zeros_like(self.table)
+        np.add.at(dtable, self._ids.ravel(), dy.reshape(-1, dy.shape[-1]))
+        return None, [dtable]

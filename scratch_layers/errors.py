@@ -23,3 +23,9 @@ class UnsupportedLayerError(ScratchError):
 
 class InputError(ScratchError):
     """The array passed to ``predict`` does not fit the model (shape, dtype, values)."""
+
+
+class NoBackwardError(UnsupportedLayerError):
+    """``loss_and_gradients`` / ``train_on_batch`` reached a layer (or a layer option, or an
+    activation) that has no backward pass in scratch_layers. Inference (``predict``) still
+    works; the message names the layer and says what is supported."""

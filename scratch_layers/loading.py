@@ -186,7 +186,9 @@ def _build_layer(entry, datasets, vocabulary=None):
         weights = safety.read_weights(where, datasets)
         if ctor is TextVectorization:
             return ctor(cfg, weights, cls, vocabulary=vocabulary)
-        return ctor(cfg, weights, cls)
+        layer = ctor(cfg, weights, cls)
+        layer.weight_paths = [d.name for d in datasets]  # where Model.save writes them back
+        return layer
 
 
 @contextlib.contextmanager
@@ -374,6 +376,7 @@ def load_model(path, dtype="float64"):
     if str(dtype) not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     model = _load(path)
+    model.source = {"path": os.path.abspath(os.fspath(path)), "format": _format_of(path)}
     return model if str(dtype) == "float64" else model.astype(dtype)
 
 
@@ -382,6 +385,11 @@ def _load(path):
     path = os.fspath(path)
     with _config_errors(f"{path}: model config"):
         return _dispatch(path)
+
+
+def _format_of(path):
+    with open(path, "rb") as fh:
+        return "h5" if fh.read(8) == b"\x89HDF\r\n\x1a\n" else "keras"
 
 
 def _dispatch(path):

@@ -1,4 +1,5 @@
 """The :class:`Model` (a linear chain of layers) and comparison helpers."""
+import contextlib
 import copy
 import os
 from collections import OrderedDict
@@ -38,13 +39,17 @@ def default_workers():
 
 
 class Model:
-    """Inference-only model: ``input_layer`` followed by ``layers`` applied in order.
+    """A model: ``input_layer`` followed by ``layers`` applied in order.
 
     Each layer maps ``(x, mask) -> y`` via ``layer.forward(x, mask)`` and
-    ``layer.compute_mask(x, mask)`` gives the mask passed to the next layer."""
+    ``layer.compute_mask(x, mask)`` gives the mask passed to the next layer.
+    Inference: :meth:`predict` (fused fast path). Training: :meth:`loss_and_gradients`,
+    :meth:`train_on_batch`, :meth:`get_weights` / :meth:`set_weights` and :meth:`save`
+    (see :mod:`scratch_layers.training`), always on the unfused layers."""
 
     def __init__(self, name, input_layer, layers):
         self.name = name
+        self.source = None  # {"format": "keras" | "h5", "path": ...} when loaded from a file
         self.input_layer = input_layer
         self.layers = list(layers)
         self._chunks = {}
@@ -333,6 +338,70 @@ class Model:
         for k in parts[0]:
             _check_same_shapes([p[k] for p in parts])
         return OrderedDict((k, np.concatenate([p[k] for p in parts])) for k in parts[0])
+
+
+    # --------------------------------------------------------------- training
+    def get_weights(self):
+        """Copies of every weight, aligned with ``keras_model.get_weights()`` (Keras order,
+        non-trainable ones such as BatchNormalization's moving statistics included)."""
+        return [np.array(w, copy=True) for layer in self.layers for w in layer.weights]
+
+    @property
+    def trainable_flags(self):
+        """Per weight of :meth:`get_weights`: whether it is in ``keras_model.trainable_weights``."""
+        return [f for layer in self.layers for f in layer.trainable_flags()]
+
+    def set_weights(self, weights):
+        """Replace every weight (the list :meth:`get_weights` returns); each layer is rebuilt
+        so its derived arrays (and predict's fused plan) follow."""
+        weights = list(weights)
+        expected = sum(len(layer.weights) for layer in self.layers)
+        if len(weights) != expected:
+            raise InputError(f"set_weights: model '{self.name}' has {expected} weight arrays "
+                             f"(as keras_model.get_weights()), got {len(weights)}")
+        i = 0
+        for layer in self.layers:
+            n = len(layer.weights)
+            if n:
+                layer.set_weights([np.array(w, dtype=self.dtype) for w in weights[i:i + n]])
+                _cast_layer(layer, self.dtype, set())
+            i += n
+        self._plan = self._fuse()
+        self._chunks = {}
+
+    def loss_and_gradients(self, x, y, training=False, seed=None, augmentation="error"):
+        """``(loss, grads)``: Keras' ``SparseCategoricalCrossentropy()`` of the model's output
+        against integer labels ``y`` (mean over the batch) and its gradient for each weight
+        of ``keras_model.trainable_weights`` (same order and shapes), by a backward pass
+        through the unfused layers. ``training=True``: BatchNormalization uses batch
+        statistics and Dropout draws its own mask (from ``seed`` when given); random
+        augmentation layers raise unless ``augmentation="identity"``. Pure: no weight or
+        moving statistic changes."""
+        from .training import forward_backward
+        with self._training_threads():
+            loss, grads, _ = forward_backward(self, x, y, training, seed, augmentation)
+        return loss, grads
+
+    def train_on_batch(self, x, y, optimizer, seed=None, augmentation="error"):
+        """One training step in place (training-mode forward, backward, ``optimizer`` update
+        such as :class:`scratch_layers.Adam`, BatchNormalization moving statistics with
+        Keras' momentum). Returns the batch's loss before the update."""
+        from .training import train_on_batch
+        with self._training_threads():
+            return train_on_batch(self, x, y, optimizer, seed, augmentation)
+
+    def _training_threads(self):
+        """One BLAS thread for recurrent models (the per-step matmuls are tiny), BLAS's own
+        setting otherwise (one batch: the conv matmuls are large enough to share)."""
+        return blas_threads(1) if self._recurrent else contextlib.nullcontext()
+
+    def save(self, path):
+        """Write the model with its current weights to ``path``, in the format it was loaded
+        from (``.keras``: the original config, metadata and assets with a new
+        ``model.weights.h5`` in Keras' layout; legacy ``.h5``: the original file with the
+        weights replaced). ``keras.models.load_model`` reads the result."""
+        from .saving import save_model
+        save_model(self, path)
 
 
 def first_nonfinite(arr, block_bytes=FINITE_CHECK_BYTES):

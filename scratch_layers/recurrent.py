@@ -7,6 +7,12 @@ generic :func:`masked_scan` loops over time for all cell types. Bidirectional
 runs two scans, except over a folded Embedding with post-padded input, where
 :func:`fused_bidirectional_scan` runs both SimpleRNN/LSTM directions in one loop.
 
+Training (backpropagation through time): the same :func:`masked_scan`, given a
+:class:`ScanTape`, records each step's cell values; :func:`masked_scan_backward` walks
+the steps in reverse with each cell's *step-backward* function (one matmul per step for
+the recurrent gradient), and the kernel gradients are then one matmul over all
+timesteps (see :meth:`RNNBase.backward`).
+
 Masking follows ``keras/src/backend/tensorflow/rnn.py`` (the while-loop path):
 at a masked step the state is carried over unchanged, and the output is either
 the previous output (``zero_output_for_mask=False``, the default of a plain RNN
@@ -24,18 +30,29 @@ from .errors import ModelFileError, UnsupportedLayerError
 
 
 # ---------------------------------------------------------------------------
-# cell step functions: (xp_t, states, cell) -> (output, new_states)
+# cell step functions: (xp_t, states, cell, saved=None) -> (output, new_states)
 # xp_t is the precomputed input projection of one timestep, shape (N, G).
+# When ``saved`` is a list (training), the step appends what its step-backward needs.
+# Step-backward functions: (dstates, h_prev, saved, cell) -> (da_x, da_m, dstates_prev)
+# with da_x = dL/d(xp_t) and da_m = dL/d(recurrent pre-activation), both in Keras
+# column order, and dstates_prev = dL/d(states_{t-1}) (including da_m U^T).
 # ---------------------------------------------------------------------------
 
-def simple_rnn_step(xp_t, states, cell):
+def simple_rnn_step(xp_t, states, cell, saved=None):
     """h_t = act(x_t W + b + h_{t-1} U); output = new state = h_t."""
     z = states[0] @ cell.recurrent_kernel
     z += xp_t
-    if cell.act is _fast_tanh:
-        return (h := _fast_tanh(z, out=z)), (h,)
-    h = cell.act(z)
+    h = _fast_tanh(z, out=z) if cell.act is _fast_tanh else cell.act(z)
+    if saved is not None:
+        saved.append(h)
     return h, (h,)
+
+
+def simple_rnn_step_backward(dstates, h_prev, h, cell):
+    """da = dh * act'(h);  dh_{t-1} = da U^T."""
+    act_d, _ = cell.derivatives()
+    da = dstates[0] * act_d(h)
+    return da, da, (da @ cell.weights[1].T,)
 
 
 def lstm_update(z, c, cell, h_out=None):
@@ -43,7 +60,8 @@ def lstm_update(z, c, cell, h_out=None):
     i = ract(z_i), f = ract(z_f), o = ract(z_o);  c_t = f * c_{t-1} + i * act(z_c);
     h_t = o * act(c_t).  ``z`` (..., 4u) holds the pre-activations x_t W + b + h_{t-1} U
     and is overwritten; ``c`` (..., u) holds c_{t-1} and is updated in place to c_t.
-    Returns h_t (written into ``h_out`` when given).
+    Returns h_t (written into ``h_out`` when given). On return ``z`` holds the gate
+    values i, f, o, g = act(z_c) (read by the backward pass).
     (The LSTM layer stores its weight columns reordered as i, f, o, c so the three
     recurrent-activation gates are one contiguous slice: one ufunc call.)"""
     u = cell.units
@@ -57,32 +75,57 @@ def lstm_update(z, c, cell, h_out=None):
         np.reciprocal(z, out=z)
         g = z[..., 3 * u:]
         g *= 2.0
-        g -= 1.0
-        g *= z[..., :u]               # i * act(z_c)
-        c *= z[..., u:2 * u]          # f * c_{t-1}
-        c += g
-        h = _fast_tanh(c, out=h_out)
-        h *= z[..., 2 * u:3 * u]      # o * act(c_t)
-        return h
-    ifo = cell.ract(z[..., :3 * u])
-    g = cell.act(z[..., 3 * u:])
-    c *= ifo[..., u:2 * u]
-    c += ifo[..., :u] * g
-    h = np.multiply(ifo[..., 2 * u:], cell.act(c), out=h_out)
+        g -= 1.0                      # g = act(z_c)
+    else:
+        z[..., :3 * u] = cell.ract(z[..., :3 * u])
+        z[..., 3 * u:] = cell.act(z[..., 3 * u:])
+    ig = np.multiply(z[..., 3 * u:], z[..., :u], out=h_out)   # i * act(z_c)
+    c *= z[..., u:2 * u]              # f * c_{t-1}
+    c += ig
+    if cell.tanh_sigmoid:
+        h = _fast_tanh(c, out=ig)
+    else:
+        h = ig
+        h[...] = cell.act(c)
+    h *= z[..., 2 * u:3 * u]          # o * act(c_t)
     return h
 
 
-def lstm_step(xp_t, states, cell):
+def lstm_step(xp_t, states, cell, saved=None):
     """One LSTM step: z = x_t W + b + h_{t-1} U, then :func:`lstm_update`; output = h_t."""
     h_prev, c_prev = states
     z = h_prev @ cell.recurrent_kernel
     z += xp_t
     c = np.array(c_prev)              # the caller's state stays untouched
     h = lstm_update(z, c, cell)
+    if saved is not None:
+        saved.append((c_prev, z, c))  # c_{t-1}, gates (i, f, o, g), c_t
     return h, (h, c)
 
 
-def gru_step(xp_t, states, cell):
+def lstm_step_backward(dstates, h_prev, saved, cell):
+    """With gates i, f, o, g and tc = act(c_t):  dc_t += dh * o * act'(tc);
+    do = dh * tc;  di = dc_t g;  df = dc_t c_{t-1};  dg = dc_t i;  dc_{t-1} = dc_t f;
+    pre-activation grads da = d(gate) * (r)act'(gate), in Keras order (i, f, c, o);
+    dh_{t-1} = da U^T."""
+    dh, dc = dstates
+    c_prev, gates, c = saved
+    u = cell.units
+    act_d, ract_d = cell.derivatives()
+    i, f, o, g = gates[:, :u], gates[:, u:2 * u], gates[:, 2 * u:3 * u], gates[:, 3 * u:]
+    tc = cell.act(c)
+    dct = dh * o
+    dct *= act_d(tc)
+    dct += dc
+    da = np.empty((dh.shape[0], 4 * u), dh.dtype)
+    np.multiply(dct * g, ract_d(i), out=da[:, :u])
+    np.multiply(dct * c_prev, ract_d(f), out=da[:, u:2 * u])
+    np.multiply(dct * i, act_d(g), out=da[:, 2 * u:3 * u])
+    np.multiply(dh * tc, ract_d(o), out=da[:, 3 * u:])
+    return da, da, (da @ cell.weights[1].T, dct * f)
+
+
+def gru_step(xp_t, states, cell, saved=None):
     """Gates in Keras order z (update), r (reset), h (candidate):
     reset_after=True  (Keras 3 default, bias (2, 3u) = input / recurrent bias):
         m = h_{t-1} U + b_rec;  z = ract(x_z + m_z);  r = ract(x_r + m_r)
@@ -99,17 +142,56 @@ def gru_step(xp_t, states, cell):
         z = cell.ract(xp_t[:, :u] + m[:, :u])
         r = cell.ract(xp_t[:, u:2 * u] + m[:, u:2 * u])
         hh = cell.act(xp_t[:, 2 * u:] + r * m[:, 2 * u:])
+        rec = m[:, 2 * u:]                     # h_{t-1} U_h + b_rec,h
     else:
         m = h_prev @ cell.recurrent_kernel[:, :2 * u]
         z = cell.ract(xp_t[:, :u] + m[:, :u])
         r = cell.ract(xp_t[:, u:2 * u] + m[:, u:])
-        hh = cell.act(xp_t[:, 2 * u:] + (r * h_prev) @ cell.recurrent_kernel[:, 2 * u:])
+        rec = r * h_prev                       # the input of U_h
+        hh = cell.act(xp_t[:, 2 * u:] + rec @ cell.recurrent_kernel[:, 2 * u:])
     h = z * h_prev + (1.0 - z) * hh
+    if saved is not None:
+        saved.append((z, r, hh, rec))
     return h, (h,)
 
 
+def gru_step_backward(dstates, h_prev, saved, cell):
+    """dz = dh (h_{t-1} - hh);  da_h = dh (1 - z) act'(hh);  da_z = dz ract'(z).
+    reset_after: dr = da_h m_h, da_m = (da_z, da_r, da_h r), dh_{t-1} = dh z + da_m U^T.
+    reset_before: d(r h) = da_h U_h^T, dr = d(r h) h_{t-1},
+    dh_{t-1} = dh z + (da_z, da_r) U_zr^T + d(r h) r (U_h's gradient uses r h_{t-1})."""
+    dh = dstates[0]
+    z, r, hh, rec = saved
+    u = cell.units
+    act_d, ract_d = cell.derivatives()
+    U = cell.weights[1]
+    da = np.empty((dh.shape[0], 3 * u), dh.dtype)
+    np.multiply(dh * (h_prev - hh), ract_d(z), out=da[:, :u])
+    np.multiply(dh * (1.0 - z), act_d(hh), out=da[:, 2 * u:])
+    if cell.reset_after:
+        np.multiply(da[:, 2 * u:] * rec, ract_d(r), out=da[:, u:2 * u])
+        dm = da.copy()
+        dm[:, 2 * u:] *= r
+        return da, dm, (dh * z + dm @ U.T,)
+    drh = da[:, 2 * u:] @ U[:, 2 * u:].T
+    np.multiply(drh * h_prev, ract_d(r), out=da[:, u:2 * u])
+    return da, da, (dh * z + da[:, :2 * u] @ U[:, :2 * u].T + drh * r,)
+
+
+class ScanTape:
+    """What a :func:`masked_scan` run in training mode keeps for backpropagation:
+    per processing step k, ``(t, rows, saved)`` (``rows``: the valid rows, a slice or
+    an index array, None when no row is valid; ``saved``: the cell's step values), and
+    ``h_prev`` (T, N, u), the state h_{t-1} that entered each valid (t, n)."""
+
+    def __init__(self, steps, n, units, dtype):
+        self.steps = []
+        self.h_prev = np.zeros((steps, n, units), dtype)
+
+
 def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
-                return_sequences=False, zero_output_for_mask=False, lengths=None, steps=None):
+                return_sequences=False, zero_output_for_mask=False, lengths=None, steps=None,
+                tape=None):
     """Run ``step`` over time, exactly like Keras' ``backend.rnn``.
 
     xp: (T, N, G) time-major input projections, or a callable ``xp(t, rows)``
@@ -129,6 +211,9 @@ def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
     the valid rows are the prefix [0, A_t) and are used in place (no copies).
     Because every cell's output is its new first state h, and both start at zero,
     "previous output" == current h.
+
+    With a :class:`ScanTape` (training), each step's values are recorded in it and the
+    state arrays are replaced, never written in place, so the recorded values stay valid.
     """
     get = xp if callable(xp) else (lambda t, rows: xp[t][rows])
     T = steps if callable(xp) else xp.shape[0]
@@ -151,13 +236,20 @@ def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
         else:
             rows = np.flatnonzero(mask[:, t])
             n_valid = rows.size
+        saved = None if tape is None else []
         if n_valid == N:  # every row valid: plain step
-            out, new_states = step(get(t, everything), tuple(states), cell)
+            if tape is not None:
+                tape.h_prev[t] = states[0]
+            out, new_states = step(get(t, everything), tuple(states), cell, saved)
             states = list(new_states)
         elif n_valid == 0:  # every row masked: states and previous outputs carry over
             out = np.zeros((N, u), dt) if zero_output_for_mask else states[0]
         else:
-            sub_out, sub_states = step(get(t, rows), tuple(s[rows] for s in states), cell)
+            if tape is not None:
+                tape.h_prev[t, rows] = states[0][rows]
+            sub_out, sub_states = step(get(t, rows), tuple(s[rows] for s in states), cell, saved)
+            if tape is not None:
+                states = [s.copy() for s in states]
             for s, ns in zip(states, sub_states):
                 s[rows] = ns
             if zero_output_for_mask:
@@ -168,9 +260,51 @@ def masked_scan(step, cell, xp, init_states, mask=None, go_backwards=False,
         if outs is not None:
             outs[k] = out
         last = out
+        if tape is not None:
+            tape.steps.append((t, everything if n_valid == N else (rows if n_valid else None),
+                               saved[0] if saved else None))
     if outs is not None:
         return outs.transpose(1, 0, 2)
     return np.array(last)
+
+
+def masked_scan_backward(step_backward, cell, tape, d_out, return_sequences,
+                         zero_output_for_mask):
+    """Backpropagation through time over a recorded :func:`masked_scan`.
+
+    ``d_out``: dL/d(output), (N, T, u) in processing order if ``return_sequences``, else
+    (N, u) for the last output. Walks the steps in reverse: the output gradient of step k
+    goes to the state h (a masked row's output is h too, unless ``zero_output_for_mask``,
+    where it is a constant 0); a valid row runs the cell's step-backward; a masked row
+    carries its state gradient unchanged to step k-1 (its state was carried forward).
+    Returns (da_x, da_m), time-major (T, N, G): dL/d(input projection) and dL/d(recurrent
+    pre-activation) (the same array unless the cell tells them apart, e.g. GRU)."""
+    T, N, u = tape.h_prev.shape
+    dt = tape.h_prev.dtype
+    dstates = [np.zeros((N, u), dt) for _ in range(cell.n_states())]
+    da_x = np.zeros((T, N, cell.gates * u), dt)
+    da_m = None
+    last = len(tape.steps) - 1
+    for k in range(last, -1, -1):
+        t, rows, saved = tape.steps[k]
+        g = d_out[:, k] if return_sequences else (d_out if k == last else None)
+        if g is not None:
+            if not zero_output_for_mask:
+                dstates[0] += g
+            elif rows is not None:
+                dstates[0][rows] += g[rows]
+        if rows is None:
+            continue
+        dx_t, dm_t, dprev = step_backward(tuple(d[rows] for d in dstates), tape.h_prev[t, rows],
+                                          saved, cell)
+        da_x[t, rows] = dx_t
+        if dm_t is not dx_t:
+            if da_m is None:
+                da_m = np.zeros_like(da_x)
+            da_m[t, rows] = dm_t
+        for d, p in zip(dstates, dprev):
+            d[rows] = p
+    return da_x, (da_x if da_m is None else da_m)
 
 
 def fused_bidirectional_scan(fwd, bwd, ids, lengths, table):
@@ -263,6 +397,7 @@ class RNNBase(Layer):
     supports_masking = True
     gates = 1
     step = None
+    step_backward = None
 
     @classmethod
     def weight_shapes(cls, config):
@@ -292,6 +427,7 @@ class RNNBase(Layer):
         where = f"{self.class_name} '{self.name}'"
         self.act = activations.get(config.get("activation", "tanh"), where)
         self.ract = activations.get(config.get("recurrent_activation", "sigmoid"), where)
+        self.activation_fns = (self.act, self.ract)  # before the fast replacements below
         if self.act is activations.sigmoid:
             self.act = _fast_sigmoid
         if self.act is activations.tanh:
@@ -387,6 +523,64 @@ class RNNBase(Layer):
     def compute_mask(self, x, mask):
         return mask if self.return_sequences else None
 
+    # --- training: backpropagation through time ---------------------------------
+    def derivatives(self):
+        """(act', ract') as functions of the activation's output."""
+        where = f"{self.class_name} layer '{self.name}'"
+        return tuple(activations.output_derivative(fn, where) for fn in self.activation_fns)
+
+    def forward_train(self, x, mask, ctx):
+        """forward() with the scan recorded in a :class:`ScanTape` (rows sorted by length
+        for post-padded input, as in forward)."""
+        self.check_rank(x, 3, "sequence batch (N, T, features)")
+        self.check_last_dim(x, self.kernel.shape[0])
+        if ctx.training and (self.config.get("dropout") or self.config.get("recurrent_dropout")):
+            raise self.no_backward("with dropout/recurrent_dropout in training mode")
+        self.derivatives()  # fail now, not after the forward pass, on an activation without one
+        if mask is not None and mask.all():
+            mask = None
+        order, lengths = post_padding_order(mask) if mask is not None else (None, None)
+        if order is not None:
+            x, mask = x[order], mask[order]
+        n, steps = x.shape[:2]
+        tape = ScanTape(steps, n, self.units, self.kernel.dtype)
+        init = tuple(np.zeros((n, self.units), self.kernel.dtype) for _ in range(self.n_states()))
+        with blas_threads(1), np.errstate(over="ignore"):
+            y = masked_scan(type(self).step, self, self.project(x, mask), init, mask,
+                            self.go_backwards, self.return_sequences, self.zero_output_for_mask,
+                            lengths, tape=tape)
+        self._saved = (x, order, tape)
+        return y if order is None else _unsort(y, order)
+
+    def backward(self, dy, need_dx=True):
+        """BPTT (:func:`masked_scan_backward`), then, with da_x / da_m (T, N, G) of all
+        timesteps: dW = X^T da_x, dU = H_prev^T da_m (one matmul each over all
+        timesteps), db = sum da_x (GRU reset_after: also the recurrent bias, sum da_m),
+        dx = da_x W^T."""
+        x, order, tape = self._saved
+        if order is not None:
+            dy = dy[order]
+        with blas_threads(1):
+            da_x, da_m = masked_scan_backward(type(self).step_backward, self, tape, dy,
+                                              self.return_sequences, self.zero_output_for_mask)
+        steps, n, g = da_x.shape
+        flat = da_x.reshape(-1, g)
+        xt = x.transpose(1, 0, 2).reshape(-1, x.shape[2])
+        grads = [np.matmul(xt.T, flat), self.recurrent_kernel_grad(tape, da_m)]
+        if self.use_bias:
+            grads.append(self.bias_grad(da_x, da_m))
+        if not need_dx:
+            return None, grads
+        dx = np.matmul(da_x, self.weights[0].T).transpose(1, 0, 2)
+        return (dx if order is None else _unsort(dx, order)), grads
+
+    def recurrent_kernel_grad(self, tape, da_m):
+        u = self.units
+        return np.matmul(tape.h_prev.reshape(-1, u).T, da_m.reshape(-1, da_m.shape[-1]))
+
+    def bias_grad(self, da_x, da_m):
+        return da_x.sum(axis=(0, 1))
+
 
 def _fast_sigmoid(x):
     """sigmoid(x) = 1 / (1 + exp(-x)); exp overflow to inf gives the correct 0
@@ -410,11 +604,13 @@ def _fast_tanh(x, out=None):
 class SimpleRNN(RNNBase):
     gates = 1
     step = staticmethod(simple_rnn_step)
+    step_backward = staticmethod(simple_rnn_step_backward)
 
 
 class LSTM(RNNBase):
     gates = 4
     step = staticmethod(lstm_step)
+    step_backward = staticmethod(lstm_step_backward)
 
     def __init__(self, config, weights, class_name=None):
         super().__init__(config, weights, class_name)
@@ -440,6 +636,25 @@ class LSTM(RNNBase):
 class GRU(RNNBase):
     gates = 3
     step = staticmethod(gru_step)
+    step_backward = staticmethod(gru_step_backward)
+
+    def recurrent_kernel_grad(self, tape, da_m):
+        """reset_before: U_h multiplies r * h_{t-1}, not h_{t-1} (gathered from the tape)."""
+        if self.reset_after:
+            return super().recurrent_kernel_grad(tape, da_m)
+        u = self.units
+        rh = np.zeros_like(tape.h_prev)
+        for t, rows, saved in tape.steps:
+            if rows is not None:
+                rh[t, rows] = saved[3]
+        hp = tape.h_prev.reshape(-1, u).T
+        return np.concatenate([np.matmul(hp, da_m[..., :2 * u].reshape(-1, 2 * u)),
+                               np.matmul(rh.reshape(-1, u).T, da_m[..., 2 * u:].reshape(-1, u))], axis=1)
+
+    def bias_grad(self, da_x, da_m):
+        if self.reset_after:
+            return np.stack([da_x.sum(axis=(0, 1)), da_m.sum(axis=(0, 1))])
+        return da_x.sum(axis=(0, 1))
 
     @classmethod
     def bias_shape(cls, config, g):
@@ -503,6 +718,34 @@ class Bidirectional(Layer):
 
     def forward(self, x, mask=None):
         return self._merge(self.forward_layer.forward(x, mask), self.backward_layer.forward(x, mask))
+
+    def forward_train(self, x, mask, ctx):
+        y = self.forward_layer.forward_train(x, mask, ctx)
+        y_rev = self.backward_layer.forward_train(x, mask, ctx)
+        self._saved = (y, y_rev)
+        return self._merge(y, y_rev)
+
+    def backward(self, dy, need_dx=True):
+        """Split dy by the merge mode (concat: the two halves; sum: dy, dy; ave: dy/2,
+        dy/2; mul: dy * other), flip the backward half back to processing order, run
+        both layers' backward; dx = dx_fwd + dx_bwd; grads = forward's then backward's."""
+        y, y_rev = self._saved
+        if self.return_sequences:
+            y_rev = y_rev[:, ::-1]
+        if self.merge_mode == "concat":
+            u = y.shape[-1]
+            d, d_rev = dy[..., :u], dy[..., u:]
+        elif self.merge_mode == "sum":
+            d, d_rev = dy, dy
+        elif self.merge_mode == "ave":
+            d = d_rev = dy / 2.0
+        else:
+            d, d_rev = dy * y_rev, dy * y
+        if self.return_sequences:
+            d_rev = d_rev[:, ::-1]
+        dx, grads = self.forward_layer.backward(np.ascontiguousarray(d), need_dx)
+        dx_rev, grads_rev = self.backward_layer.backward(np.ascontiguousarray(d_rev), need_dx)
+        return (dx + dx_rev if need_dx else None), grads + grads_rev
 
     def _can_fuse(self):
         """Whether fused_bidirectional_scan covers this layer (else: two scans)."""

@@ -1,0 +1,241 @@
+"""Training from scratch: the loss, its gradients (backward pass) and Adam, equal to Keras.
+
+* :func:`loss_and_gradients` runs the model's layers one by one (``forward_train``, never
+  the fused predict plan), computes Keras' ``SparseCategoricalCrossentropy()`` and walks
+  the layers in reverse with each layer's ``backward``; the gradients come out aligned
+  with ``keras_model.trainable_weights``.
+* :class:`Adam` is ``keras.optimizers.Adam``'s update.
+* :func:`train_on_batch` is one training-mode step: forward, backward, Adam update and
+  the BatchNormalization moving statistics, in place.
+
+The loss, as Keras computes it (``keras/src/backend/tensorflow/nn.py``,
+``sparse_categorical_crossentropy`` and ``_get_logits``): Keras' softmax and sigmoid
+keep their input z on the output tensor (``_keras_logits``), and the loss then uses z as
+softmax logits: ``l_n = logsumexp(z_n) - z_n[y_n]``, ``dl/dz = softmax(z) - onehot(y)``,
+no clipping. So a model ending in softmax (a Dense or Activation with
+``activation="softmax"``, or a Softmax layer) gets the exact cross-entropy, and one
+ending in sigmoid gets the softmax cross-entropy of its pre-sigmoid values (Keras'
+behaviour, reproduced). Any other output p is clipped to [eps, 1 - eps] (eps = 1e-7)
+and used as logits log(p): ``l_n = -log(p_y / sum p)``, with zero gradient where p was
+clipped. The loss is the mean over the batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import activations
+from .base import Layer
+from .core import Activation, Dense, Softmax
+from .errors import InputError, NoBackwardError
+
+EPSILON = 1e-7  # keras.backend.epsilon()
+
+# Config keys whose presence changes Keras' training step (extra loss terms, projections
+# after the update) in ways scratch_layers does not reproduce.
+_REGULARIZERS = ("kernel_regularizer", "bias_regularizer", "recurrent_regularizer",
+                 "activity_regularizer", "embeddings_regularizer", "beta_regularizer",
+                 "gamma_regularizer", "depthwise_regularizer")
+_CONSTRAINTS = ("kernel_constraint", "bias_constraint", "recurrent_constraint",
+                "embeddings_constraint", "beta_constraint", "gamma_constraint",
+                "depthwise_constraint")
+
+
+@dataclass
+class TrainContext:
+    """What ``Layer.forward_train`` needs besides its input: ``training`` (batch statistics
+    in BatchNormalization, Dropout active), the RNG Dropout draws its mask from, and
+    what random augmentation layers do in training mode ("error" or "identity")."""
+    training: bool = False
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    augmentation: str = "error"
+
+
+# ----------------------------------------------------------------------------- loss
+
+def cross_entropy_from_logits(z, labels):
+    """Per-sample -log softmax(z)[y] and its gradient softmax(z) - onehot(y)
+    (tf.nn.sparse_softmax_cross_entropy_with_logits)."""
+    shifted = z - z.max(axis=-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    rows = np.arange(len(labels))
+    losses = -log_p[rows, labels]
+    grad = np.exp(log_p)
+    grad[rows, labels] -= 1.0
+    return losses, grad
+
+
+def sparse_categorical_crossentropy(output, labels, from_logits):
+    """Keras' SparseCategoricalCrossentropy() (mean over the batch) and dL/d(output).
+
+    ``from_logits``: ``output`` is the logits z of a softmax output (see the module
+    docstring); otherwise probabilities, clipped to [eps, 1-eps] then used as logits
+    log(p) (tf.clip_by_value passes the gradient only inside the range)."""
+    n = len(labels)
+    if from_logits:
+        losses, grad = cross_entropy_from_logits(output, labels)
+        return float(losses.sum() / n), grad / n
+    eps = output.dtype.type(EPSILON)
+    clipped = np.clip(output, eps, 1 - eps)
+    losses, grad_log = cross_entropy_from_logits(np.log(clipped), labels)
+    inside = (output >= eps) & (output <= 1 - eps)
+    return float(losses.sum() / n), np.where(inside, grad_log / clipped, 0.0) / n
+
+
+_LOGIT_ACTIVATIONS = (activations.softmax, activations.sigmoid)
+
+
+def _logits_output(layer):
+    """Whether Keras computes the loss from this output layer's pre-activation z (its
+    softmax/sigmoid output carries ``_keras_logits``)."""
+    if isinstance(layer, Dense):
+        return layer.activation in _LOGIT_ACTIVATIONS
+    if isinstance(layer, Activation):
+        return layer.fn in _LOGIT_ACTIVATIONS
+    return isinstance(layer, Softmax) and layer.axis in (-1,)
+
+
+def _labels(y, n, n_classes):
+    labels = np.asarray(y)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.shape != (n,):
+        raise InputError(f"labels must have shape ({n},) (integer class ids, one per sample), "
+                         f"got shape {labels.shape}")
+    if labels.dtype.kind == "f" and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        raise InputError(f"labels must be in [0, {n_classes}) (the model has {n_classes} "
+                         f"outputs), got values in [{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- backward
+
+def check_trainable(model):
+    """Refuse what changes Keras' training step beyond loss + gradients + Adam."""
+    for layer in model.layers:
+        cfgs = [layer.config] + [sub.config for sub in (getattr(layer, "forward_layer", None),
+                                                        getattr(layer, "backward_layer", None)) if sub]
+        for cfg in cfgs:
+            bad = [k for k in _REGULARIZERS + _CONSTRAINTS if cfg.get(k)]
+            if bad:
+                raise NoBackwardError(
+                    f"{layer.class_name} layer '{layer.name}' has {', '.join(bad)}: Keras adds "
+                    "regularization losses / applies constraints in training, which "
+                    "scratch_layers does not reproduce. Remove them to train with scratch_layers.")
+
+
+def _has_forward_train(layer):
+    return type(layer).forward_train is not Layer.forward_train
+
+
+def forward_backward(model, x, y, training=False, seed=None, augmentation="error"):
+    """(loss, grads, ctx): the loss of ``model`` on (x, y) and its gradient for every
+    trainable weight, in the order of ``keras_model.trainable_weights``."""
+    if augmentation not in ("error", "identity"):
+        raise ValueError(f"augmentation must be 'error' or 'identity', got {augmentation!r}")
+    check_trainable(model)
+    x = model._as_compute(model._prepare(x))
+    ctx = TrainContext(bool(training), np.random.default_rng(seed), augmentation)
+    layers = model.layers
+    flags = [layer.trainable_flags() for layer in layers]
+    first = next((i for i, f in enumerate(flags) if any(f)), len(layers))
+    mask = None
+    for i, layer in enumerate(layers):
+        # layers before the first trainable one need no backward (e.g. TextVectorization),
+        # but still run their training-mode behaviour if they have one (augmentation)
+        if i < first and not _has_forward_train(layer):
+            out = layer.forward(x, mask)
+        else:
+            out = layer.forward_train(x, mask, ctx)
+        mask = layer.compute_mask(x, mask)
+        x = out
+    if mask is not None or x.ndim != 2:
+        raise NoBackwardError(f"the model's output has shape {x.shape}"
+                              f"{' and a mask' if mask is not None else ''}; the loss supports "
+                              "(batch, classes) outputs without a mask")
+    labels = _labels(y, x.shape[0], x.shape[1])
+    last = layers[-1] if layers else None
+    from_logits = last is not None and _logits_output(last) and first < len(layers)
+    if from_logits:
+        logits = last._saved[1] if isinstance(last, Dense) else last._saved[0]
+        loss, dy = sparse_categorical_crossentropy(logits, labels, True)
+    else:
+        loss, dy = sparse_categorical_crossentropy(x, labels, False)
+    per_layer = [[] for _ in layers]
+    for i in range(len(layers) - 1, first - 1, -1):
+        layer = layers[i]
+        if from_logits and i == len(layers) - 1:
+            dy, per_layer[i] = layer.backward(dy, i > first, wrt_preactivation=True)
+        else:
+            dy, per_layer[i] = layer.backward(dy, i > first)
+    grads = []
+    for layer, f, g in zip(layers, flags, per_layer):
+        grads.extend(gw.reshape(w.shape) for w, keep, gw in zip(layer.weights, f, g or [None] * len(f))
+                     if keep)
+    return loss, grads, ctx
+
+
+def train_on_batch(model, x, y, optimizer, seed=None, augmentation="error"):
+    """One Keras training step in place: training-mode forward, backward, ``optimizer``
+    update of the trainable weights, BatchNormalization moving statistics
+    (moving = moving * momentum + batch * (1 - momentum)). Returns the batch's loss before
+    the update."""
+    loss, grads, _ = forward_backward(model, x, y, True, seed, augmentation)
+    new = []
+    trainable = []
+    for layer in model.layers:
+        updated = layer.state_updates() if hasattr(layer, "state_updates") else None
+        ws = list(updated) if updated is not None else list(layer.weights)
+        for j, keep in enumerate(layer.trainable_flags()):
+            if keep:
+                trainable.append((len(new) + j, layer.weights[j]))
+        new.extend(ws)
+    stepped = optimizer.apply([w for _, w in trainable], grads)
+    for (pos, _), w in zip(trainable, stepped):
+        new[pos] = w
+    model.set_weights(new)
+    return loss
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+class Adam:
+    """``keras.optimizers.Adam`` (keras/src/optimizers/adam.py, amsgrad off). At step t:
+    lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t);  m += (g - m)(1 - beta_1);
+    v += (g^2 - v)(1 - beta_2);  w -= lr_t m / (sqrt(v) + epsilon).
+    The moments are created on the first :meth:`apply`, one per weight, in order."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        self.learning_rate = float(learning_rate)
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
+        self.iterations = 0
+        self.momentums = None
+        self.velocities = None
+
+    def apply(self, weights, grads):
+        """The weights after one step (new arrays; ``weights`` is not modified)."""
+        if len(weights) != len(grads):
+            raise ValueError(f"Adam.apply: {len(weights)} weights but {len(grads)} gradients")
+        if self.momentums is None:
+            self.momentums = [np.zeros_like(w) for w in weights]
+            self.velocities = [np.zeros_like(w) for w in weights]
+        elif [m.shape for m in self.momentums] != [np.shape(w) for w in weights]:
+            raise ValueError("Adam.apply: the weights differ from those of the previous steps; "
+                             "use one optimizer per model")
+        self.iterations += 1
+        t = self.iterations
+        alpha = self.learning_rate * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        out = []
+        for w, g, m, v in zip(weights, grads, self.momentums, self.velocities):
+            m += (g - m) * (1 - self.beta_1)
+            v += (np.square(g) - v) * (1 - self.beta_2)
+            out.append(w - (m * alpha) / (np.sqrt(v) + self.epsilon))
+        return out
