@@ -566,6 +566,16 @@ class Embedding(Layer):
     def backward(self, dy, need_dx=True):
         """dE[v] = sum of dy over the positions whose id is v (padding ids included: the
         layers after a mask give them zero gradient). The input (ids) has no gradient."""
+        ids, values = self._ids.ravel(), dy.reshape(-1, dy.shape[-1])
         dtable = np.zeros_like(self.table)
-        np.add.at(dtable, self._ids.ravel(), dy.reshape(-1, dy.shape[-1]))
+        np.add.at(dtable, ids, values)
+        self._slices = (ids, values)
         return None, [dtable]
+
+    def gradient_squares(self):
+        """Keras' g^2 for the table's sliced gradient (see :class:`scratch_layers.Adam`):
+        per id, the sum of the squared per-position gradients of the last backward."""
+        ids, values = self._slices
+        squares = np.zeros_like(self.table)
+        np.add.at(squares, ids, np.square(values))
+        return [squares]
