@@ -10,7 +10,7 @@ import html
 
 import numpy as np
 
-from . import figures
+from . import figures, report_backward
 
 STYLE = """<style>
 body{color:#1d1d1d}
@@ -288,4 +288,4 @@ def provenance_section(env: dict, doc: dict) -> str:
         seen.add(var["family"])
         sizes = " / ".join(f"{k} {n:,}" for k, n in (var["split_sizes"] or {}).items())
         rows.append([f"data: {var['family']}", f"{esc(var['data_source'])}; splits {sizes}"])
-    return '<h2 id="provenance">Provenance</h2>' + table(["", ""], rows)
+    return report_backward.section() + '<h2 id="provenance">Provenance</h2>' + table(["", ""], rows)

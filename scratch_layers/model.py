@@ -1,5 +1,4 @@
 """The :class:`Model` (a linear chain of layers) and comparison helpers."""
-import contextlib
 import copy
 import os
 from collections import OrderedDict
@@ -391,9 +390,9 @@ class Model:
             return train_on_batch(self, x, y, optimizer, seed, augmentation)
 
     def _training_threads(self):
-        """One BLAS thread for recurrent models (the per-step matmuls are tiny), BLAS's own
-        setting otherwise (one batch: the conv matmuls are large enough to share)."""
-        return blas_threads(1) if self._recurrent else contextlib.nullcontext()
+        """One BLAS thread: OpenBLAS's own threading on one training batch is slower than
+        one thread (measured 3-6x slower on 2 busy cores), as for predict."""
+        return blas_threads(1)
 
     def save(self, path):
         """Write the model with its current weights to ``path``, in the format it was loaded

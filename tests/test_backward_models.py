@@ -1,0 +1,112 @@
+"""The backward pass on each family's trained baseline, for the report (kind "backward"):
+
+* per layer, max |scratch - Keras| over the layer's gradients on one training batch,
+  against the float64 twin (atol 1e-9, rtol 1e-7) and the float32 model (1e-5);
+* text baselines: a training replay of one epoch of the training split (fixed order,
+  recipe batch size, Adam 1e-3, Dropout off) with scratch_layers and with Keras from the
+  same initial weights; the per-step losses of both are recorded and must agree.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from backward_helpers import (F32_TOL, TWIN_ATOL, TWIN_RTOL, keras_loss_and_grads,  # noqa: E402
+                              max_abs, twin_of)
+
+import scratch_layers  # noqa: E402
+from experiments.plugin import trained_or_skip  # noqa: E402
+from experiments.report import record  # noqa: E402
+
+pytestmark = [pytest.mark.slow]
+
+GRAD_BATCH = 32
+REPLAY_LR = 1e-3
+REPLAY_LOSS_TOL = 1e-4    # Keras trains in float32: its losses drift from float64 slowly
+
+
+def layer_table(scratch_model, grads, twin_grads, f32_grads):
+    """Rows per layer with trainable weights (the gradients are consumed in layer order,
+    as trainable_weights lists them): max |Δ| vs the twin and vs float32."""
+    rows, i = [], 0
+    for layer in scratch_model.layers:
+        n = sum(layer.trainable_flags())
+        if not n:
+            continue
+        items = list(zip(grads[i:i + n], twin_grads[i:i + n], f32_grads[i:i + n]))
+        i += n
+        rows.append({"layer": layer.name, "class": layer.class_name, "n_weights": n,
+                     "max_abs_diff_float64": max(max_abs(g, t) for g, t, _ in items),
+                     "max_abs_diff_float32": max(max_abs(g, f) for g, _, f in items),
+                     "max_abs_grad": max(float(np.abs(g).max()) for g, _, _ in items)})
+    return rows
+
+
+def dropout_off(keras_model):
+    """The same model with every Dropout rate 0 (same weights and vocabulary)."""
+    import keras
+    cfg = keras_model.get_config()
+    for entry in cfg["layers"]:
+        if entry["class_name"] in ("Dropout", "SpatialDropout1D"):
+            entry["config"]["rate"] = 0.0
+    model = type(keras_model).from_config(cfg)
+    model.set_weights(keras_model.get_weights())
+    for src, dst in zip(keras_model.layers, model.layers):
+        if isinstance(src, keras.layers.TextVectorization):
+            dst.set_vocabulary(src.get_vocabulary())
+    return model
+
+
+def replay(keras_model, tmp_path, x, y, batch):
+    """One epoch, fixed order: Keras and scratch train_on_batch from the same weights."""
+    import keras
+    km = dropout_off(keras_model)
+    path = os.path.join(str(tmp_path), "dropout_off.keras")
+    km.save(path)
+    sm = scratch_layers.load_model(path)
+    km.compile(optimizer=keras.optimizers.Adam(REPLAY_LR), loss=keras.losses.SparseCategoricalCrossentropy())
+    opt = scratch_layers.Adam(REPLAY_LR)
+    klosses, slosses = [], []
+    data = list(x) if x.dtype == object else x
+    for s in range(0, len(x), batch):
+        km.reset_metrics()
+        klosses.append(float(km.train_on_batch(x[s:s + batch], y[s:s + batch])))
+        slosses.append(sm.train_on_batch(data[s:s + batch], y[s:s + batch], opt))
+    weight_diff = max(max_abs(a, b) for a, b in zip(km.get_weights(), sm.get_weights()))
+    return klosses, slosses, weight_diff
+
+
+def test_baseline_gradients_and_replay(pytestconfig, family, profile, request, tmp_path):
+    tm = trained_or_skip(pytestconfig, family, family.baseline, profile)
+    splits = family.load_data()
+    keras_model = tm.load_keras()
+    sm = scratch_layers.load_model(tm.path)
+    x, y = splits.x_train[:GRAD_BATCH], np.asarray(splits.y_train[:GRAD_BATCH])
+    data = list(x) if x.dtype == object else x
+    loss, grads = sm.loss_and_gradients(data, y)
+    x64 = x.astype(np.float64) if x.dtype == np.float32 else x
+    tloss, tgrads = keras_loss_and_grads(twin_of(keras_model), x64, y, float64=True)
+    floss, fgrads = keras_loss_and_grads(keras_model, x, y)
+    rows = layer_table(sm, grads, tgrads, fgrads)
+    for g, t, f, v in zip(grads, tgrads, fgrads, keras_model.trainable_weights):
+        assert np.allclose(g, t, atol=TWIN_ATOL, rtol=TWIN_RTOL), (v.path, max_abs(g, t))
+        assert np.allclose(g, f, atol=F32_TOL, rtol=F32_TOL), (v.path, max_abs(g, f))
+    data_record = dict(family=family.name, model=tm.entry.path.name, batch=GRAD_BATCH, loss=loss,
+                       loss_diff_float64=abs(loss - tloss), loss_diff_float32=abs(loss - floss),
+                       layers=rows)
+    if x.dtype == object:  # text baseline: the training replay
+        batch = family.recipe[profile]["batch_size"]
+        xs, ys = splits.x_train, np.asarray(splits.y_train)
+        klosses, slosses, wdiff = replay(keras_model, tmp_path, xs, ys, batch)
+        loss_diff = max(abs(a - b) for a, b in zip(klosses, slosses))
+        data_record["replay"] = dict(keras_losses=klosses, scratch_losses=slosses, batch=batch,
+                                     n_items=len(xs), learning_rate=REPLAY_LR, full_epoch=True,
+                                     max_loss_diff=loss_diff, max_weight_diff=wdiff)
+        print(f"replay: {len(klosses)} steps, max |loss diff| {loss_diff:.2e}, weights {wdiff:.2e}")
+        assert loss_diff < REPLAY_LOSS_TOL
+    record(request, "backward", **data_record)
+    for r in rows:
+        print(f"{r['layer']:28s} {r['class']:20s} twin {r['max_abs_diff_float64']:.2e}  "
+              f"float32 {r['max_abs_diff_float32']:.2e}")
