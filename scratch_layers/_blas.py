@@ -8,7 +8,11 @@ OpenBLAS library cannot be found this is a no-op.
 """
 import contextlib
 import ctypes
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 _lock = threading.Lock()
 _funcs = None
@@ -68,3 +72,53 @@ def blas_threads(n):
             _depth -= 1
             if _depth == 0:
                 set_f(_saved)
+
+
+# ----------------------------------------------------------------------------- row-split matmuls
+# Training runs one batch with one BLAS thread (above); its large conv matmuls are split
+# into row blocks computed on a small thread pool instead (NumPy releases the GIL in BLAS).
+# The blocks are fixed by the row count and the worker count, so results are deterministic.
+PARALLEL_MIN_ROWS = 4096
+_pools = {}
+
+
+def _workers():
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def _blocks(n, workers):
+    bounds = [n * i // workers for i in range(workers + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _map(fn, items, workers):
+    pool = _pools.get(workers)
+    if pool is None:
+        pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="scratch-matmul")
+    return list(pool.map(fn, items))
+
+
+def rows_matmul(a, b):
+    """``a @ b`` for 2-D arrays, the rows of ``a`` split over the CPUs."""
+    workers = _workers()
+    if workers == 1 or a.shape[0] < PARALLEL_MIN_ROWS:
+        return np.matmul(a, b)
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    _map(lambda s: np.matmul(a[s], b, out=out[s]), _blocks(a.shape[0], workers), workers)
+    return out
+
+
+def rows_matmul_tn(a, b):
+    """``a.T @ b`` for 2-D arrays with many rows: per row block a[s].T @ b[s], summed."""
+    workers = _workers()
+    if workers == 1 or a.shape[0] < PARALLEL_MIN_ROWS:
+        return np.matmul(a.T, b)
+    parts = _map(lambda s: np.matmul(a[s].T, b[s]), _blocks(a.shape[0], workers), workers)
+    out = parts[0]
+    for p in parts[1:]:
+        out += p
+    return out

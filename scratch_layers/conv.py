@@ -9,6 +9,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import activations
+from ._blas import rows_matmul, rows_matmul_tn
 from .base import Layer, positive_sizes, same_padding, valid_out
 from .errors import InputError, ModelFileError
 
@@ -167,7 +168,7 @@ class Conv2D(Layer):
         else:
             cols = im2col(x4, k.shape, self.strides, self.dilation, pads, ho, wo)
             cols = cols.reshape(-1, k.shape[0] * k.shape[1] * k.shape[2])
-        z = np.matmul(cols, k.reshape(-1, k.shape[-1]))
+        z = rows_matmul(cols, k.reshape(-1, k.shape[-1]))
         if self.bias is not None:
             z += self.bias
         z = z.reshape(x4.shape[0], ho, wo, k.shape[-1])
@@ -183,12 +184,12 @@ class Conv2D(Layer):
             self.activation, z, y, dy, f"{self.class_name} layer '{self.name}'")
         k = self.kernel
         dz2 = dz.reshape(-1, k.shape[-1])
-        grads = [np.matmul(cols.T, dz2).reshape(self.weights[0].shape)]
+        grads = [rows_matmul_tn(cols, dz2).reshape(self.weights[0].shape)]
         if self.bias is not None:
             grads.append(dz2.sum(axis=0))
         if not need_dx:
             return None, grads
-        dcols = np.matmul(dz2, k.reshape(-1, k.shape[-1]).T)
+        dcols = rows_matmul(dz2, np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T))
         if pointwise:
             dx = dcols.reshape(x_shape)
         else:

@@ -165,6 +165,8 @@ class ReLU(ElementwiseBackward, Layer):
     negative_slope; 0 where the output is clipped at max_value."""
 
     def local_grad(self, x, y, dy):
+        if self.negative_slope == 0.0 and self.threshold == 0.0 and self.max_value is None:
+            return np.multiply(dy, y > 0)  # plain ReLU: y > 0 exactly where x > 0
         slope = np.where(x > self.threshold, 1.0, self.negative_slope)
         if self.max_value is not None:
             slope = np.where(y < self.max_value, slope, 0.0)
