@@ -205,5 +205,13 @@ def get_trained(family: Family, config: dict, profile: str, seed: int, *, retrai
         print(f"[scratchnet] training {name} on {splits.source}", file=sys.stderr, flush=True)
         return train_to(tmp, family, config, profile, splits, name, seed)
 
+    if not allow_train:
+        # read-only: no lock, so a model being trained by another process (which holds
+        # its lock for the whole training) does not block verification; entries appear
+        # atomically (rename), so a reader sees a whole entry or none
+        entry = cache.load(name, key)  # a corrupt entry raises CorruptEntry: an error, not a skip
+        if entry is None:
+            build(None)  # raises MissingModel with the command that trains it
+        return TrainedModel(family, config, profile, seed, entry, True)
     entry, hit = cache.get_or_build(name, key, build, force=retrain, stale_before=retrain_since)
     return TrainedModel(family, config, profile, seed, entry, hit)

@@ -48,3 +48,40 @@ def test_no_train_reports_missing_model_clearly(isolated_cache):
     fam = family("lstm")
     with pytest.raises(MissingModel, match="make report"):
         get_trained(fam, fam.baseline, "smoke", 1, allow_train=False)
+
+
+def test_no_train_reads_without_waiting_for_a_training_lock(isolated_cache):
+    """Verification (--no-train) must not block on a model another process is training:
+    that process holds the entry's lock for the whole training (minutes to hours)."""
+    import threading
+
+    from filelock import FileLock
+
+    from experiments.families import family
+    from experiments.training import MissingModel, cache_root
+    fam = family("rnn")
+    trained = get_trained(fam, fam.baseline, "smoke", 1)
+    root = cache_root("smoke")
+    results = []
+
+    def read():
+        results.append(get_trained(fam, fam.baseline, "smoke", 1, allow_train=False))
+        try:
+            get_trained(fam, fam.baseline, "smoke", 2, allow_train=False)  # not trained
+        except MissingModel as exc:
+            results.append(exc)
+
+    locks = [FileLock(str(p)) for p in root.glob("*.lock")]  # as if every entry were training
+    assert locks
+    for lock in locks:
+        lock.acquire()
+    try:
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(60)
+        assert not reader.is_alive(), "get_trained(allow_train=False) waited on a training lock"
+    finally:
+        for lock in locks:
+            lock.release()
+    assert results[0].path == trained.path and results[0].cache_hit
+    assert isinstance(results[1], MissingModel)
