@@ -77,6 +77,21 @@ def _runs_flagged(variants: list[dict], flag: str) -> list[str]:
     return [f"{v['label']} seed {r['seed']}" for v in variants for r in v["runs"] if r["flags"][flag]]
 
 
+def validation_rank(variant: dict) -> tuple:
+    """Sort key, best first, for choosing a configuration on validation only: the mean
+    over seeds, at each run's restored epoch, of the metric its early stopping
+    monitored (``variant["validation"]``: val_accuracy is maximised, val_loss minimised)."""
+    val = variant["validation"]
+    mean = val["mean"] if val["mean"] is not None else math.inf * (-1 if val["metric"] == "val_accuracy" else 1)
+    return (-mean if val["metric"] == "val_accuracy" else mean, variant["variant"])
+
+
+def validation_criterion(variant: dict) -> str:
+    metric = variant["validation"]["metric"]
+    return ("highest mean validation accuracy at the restored epoch" if metric == "val_accuracy"
+            else "lowest mean validation loss at the restored epoch")
+
+
 def conclude(study: dict, variants: list[dict]) -> str:
     """A paragraph about one study; ``study`` holds ``title``, ``comparisons`` and
     ``also_changes``; ``variants`` are the aggregated variants in declaration order."""
@@ -117,9 +132,9 @@ def conclude(study: dict, variants: list[dict]) -> str:
     if testable:
         parts += _trend(study, ran, comps, label)
 
-    by_val = min(ran, key=lambda v: v["best_val_loss_mean"])
+    by_val = min(ran, key=validation_rank)
     by_test = max(ran, key=lambda v: v["f1_mean"])
-    parts.append(f"Validation (lowest mean best-epoch val loss) selects {by_val['label']}"
+    parts.append(f"Validation ({validation_criterion(by_val)}) selects {by_val['label']}"
                  + (", which also has the best mean test macro-F1." if by_val is by_test else
                     f"; the best mean test macro-F1 belongs to {by_test['label']}, which validation "
                     f"would not have picked."))

@@ -82,11 +82,13 @@ def answer_section(doc: dict, family_titles: dict) -> str:
             rows.append([esc(family_titles.get(fam, fam)), "not trained yet", "", "", ""])
             continue
         rows.append([esc(family_titles.get(fam, fam)), esc(sel["label"]) + f" <small>({esc(sel['variant'])})</small>",
-                     f"{sel['best_val_loss_mean']:.3f}", pm(sel["f1_mean"], sel["f1_std"]) + f" (n={sel['n_runs']})",
+                     f"{_metric_name(sel['validation']['metric'])} {sel['validation']['mean']:.3f}",
+                     pm(sel["f1_mean"], sel["f1_std"]) + f" (n={sel['n_runs']})",
                      pm(sel["accuracy_mean"], None)])
-    parts.append("<p>Per family, the configuration with the lowest mean validation loss over its "
-                 "seeds (chosen on validation only), and its test scores:</p>")
-    parts.append(table(["family", "selected configuration", "mean best val loss",
+    parts.append("<p>Per family, the configuration chosen on validation only (the best mean over "
+                 "seeds of the metric its early stopping monitors, at the restored epochs), and "
+                 "its test scores:</p>")
+    parts.append(table(["family", "selected configuration", "chosen on (validation, mean)",
                         "test macro-F1, mean ± SD over seeds", "test accuracy (mean)"], rows))
     parts.append(speed_summary(doc.get("benchmarks", [])))
     return '<div class="answer">' + "".join(parts) + "</div>"
@@ -101,6 +103,10 @@ def _bench_groups(benches: list[dict]) -> list[tuple[tuple[str, str], dict]]:
     for b in benches:
         groups.setdefault((b["family"], b.get("inputs", DEFAULT_BENCH_INPUTS)), {})[b["impl"]] = b
     return sorted(groups.items())
+
+
+def _metric_name(metric: str) -> str:
+    return {"val_loss": "val loss", "val_accuracy": "val accuracy"}.get(metric, metric)
 
 
 def speed_summary(benches: list[dict]) -> str:
@@ -159,15 +165,16 @@ def study_section(study: dict, variants: list[dict], family_title: str) -> str:
             pm(v["accuracy_mean"], v["accuracy_std"]),
             ", ".join(str(r["best_epoch"]) for r in v["runs"]),
             ", ".join(str(r["epochs"]) for r in v["runs"]),
-            "" if v["best_val_loss_mean"] is None else f"{v['best_val_loss_mean']:.3f}",
+            "" if v["validation"]["mean"] is None else f"{v['validation']['mean']:.3f}",
             _flags(v)])
     out = [f'<h3 id="{study_anchor(study)}">{esc(family_title)}: {esc(study["title"])}</h3>',
            figures.loss_figure(f"{family_title}: {study['title']}", ran) if ran else "",
            table(["variant", "params", "seeds", "test macro-F1 mean ± SD", "per seed",
                   "test accuracy mean ± SD", "best epoch per seed", "epochs run per seed",
-                  "mean best val loss", "flags"], rows, classes),
+                  f"mean {_metric_name(variants[0]['validation']['metric'])} at restored epoch",
+                  "flags"], rows, classes),
            "<p><small>★ highest mean test macro-F1 (marked for reading only; selection uses "
-           "validation loss).</small></p>"]
+           f"{_metric_name(variants[0]['validation']['metric'])} only).</small></p>"]
     label = {v["variant"]: v["label"] for v in variants}
     crow = [[esc(label[c["a"]]), esc(label[c["b"]]), f"{c['mean_diff']:+.3f}",
              "n/a" if c["ci_low"] is None else f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",

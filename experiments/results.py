@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .conclusions import conclude, run_flags
+from .conclusions import conclude, run_flags, validation_rank
 from .families import all_families
 from .stats import pairwise, summarize
 from .studies import Family, canonical
@@ -52,6 +52,7 @@ def variant_result(family: Family, study, value, runs: list[dict], profile: str)
     f1 = summarize(r["keras_f1"] for r in mine)
     acc = summarize(r["keras_accuracy"] for r in mine)
     first = mine[0] if mine else {}
+    monitor = family.recipe[profile].get("monitor", "val_loss")
     n_classes = len(first.get("class_names", []))
     out = {
         "study": study.name, "family": family.name,
@@ -71,6 +72,7 @@ def variant_result(family: Family, study, value, runs: list[dict], profile: str)
         "n_test": first.get("n_test"), "params": first.get("params"),
         "epochs": _mean(r["epochs"] for r in mine), "best_epoch": _mean(r["best_epoch"] for r in mine),
         "best_val_loss_mean": _mean(r["best_val_loss"] for r in mine),
+        "validation": {"metric": monitor, "mean": _mean(_at_best_epoch(r, monitor) for r in mine)},
         "train_seconds": float(sum(r["train_seconds"] for r in mine)),
         "history": mean_history([r["history"] for r in mine]),
         "confusion": np.sum([r["confusion"] for r in mine], axis=0).tolist() if mine else [],
@@ -93,14 +95,22 @@ def study_result(family: Family, study, variants: list[dict]) -> dict:
     return result
 
 
+def _at_best_epoch(run: dict, metric: str) -> float | None:
+    """``metric`` of ``run``'s history at the epoch early stopping restored."""
+    values, best = run["history"].get(metric), run.get("best_epoch")
+    return float(values[best - 1]) if values and best else None
+
+
 def selected_configuration(variants: list[dict]) -> dict | None:
-    """The family's configuration with the lowest mean best validation loss over its seeds
-    (validation only: the test split plays no part in the choice)."""
+    """The family's best configuration on validation only (the recipe's early-stopping
+    metric, mean over seeds at the restored epochs; see
+    :func:`experiments.conclusions.validation_rank`): the test split plays no part."""
     trained = [v for v in variants if v["runs"]]
     if not trained:
         return None
-    best = min(trained, key=lambda v: (v["best_val_loss_mean"], v["variant"]))
+    best = min(trained, key=validation_rank)
     return {"variant": best["variant"], "label": best["label"], "hyperparameters": best["hyperparameters"],
+            "validation": best["validation"],
             "best_val_loss_mean": best["best_val_loss_mean"], "f1_mean": best["f1_mean"],
             "f1_std": best["f1_std"], "accuracy_mean": best["accuracy_mean"],
             "n_runs": len(best["runs"]), "seeds": best["seeds"], "per_class_f1": best["per_class_f1"],

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from experiments.conclusions import conclude, overfitting, run_flags
+from experiments.conclusions import conclude, overfitting, run_flags, validation_rank
 from experiments.results import mean_history
 from experiments.stats import pairwise, summarize, welch
 
@@ -78,7 +78,8 @@ def variant(vid, label, value, f1s, val=0.8, params=1000, flags=None):
             for i, f in enumerate(f1s)]
     s = summarize(f1s)
     return {"variant": vid, "label": label, "value": value, "runs": runs, "seeds_planned": list(range(len(f1s))),
-            "f1_mean": s.mean, "f1_std": s.as_dict()["std"], "best_val_loss_mean": val, "params": params}
+            "f1_mean": s.mean, "f1_std": s.as_dict()["std"], "best_val_loss_mean": val,
+            "validation": {"metric": "val_loss", "mean": val}, "params": params}
 
 
 def study(variants, also=""):
@@ -129,3 +130,14 @@ def test_missing_seeds_and_single_seeds_are_said():
     text = conclude(study(vs), vs)
     assert "Incomplete: a (1 of 2 seeds)" in text and "No interval can be computed" in text
     assert "trend" not in text
+
+
+def test_selection_follows_the_monitored_validation_metric():
+    """Validation accuracy is maximised, validation loss minimised; test F1 plays no part."""
+    acc = [variant("a", "A", 1, [.5, .6]), variant("b", "B", 2, [.9, .9])]
+    acc[0]["validation"] = {"metric": "val_accuracy", "mean": 0.71}
+    acc[1]["validation"] = {"metric": "val_accuracy", "mean": 0.70}
+    assert min(acc, key=validation_rank)["variant"] == "a"
+    assert "highest mean validation accuracy" in conclude(study(acc), acc)
+    loss = [variant("a", "A", 1, [.5, .6], val=0.71), variant("b", "B", 2, [.9, .9], val=0.70)]
+    assert min(loss, key=validation_rank)["variant"] == "b"
