@@ -303,13 +303,19 @@ class BatchNormalization(Layer):
             if mask is not None:
                 raise self.no_backward("with a mask in training mode")
             mean = x.mean(axis=axes)
-            var = np.square(x - mean.reshape(shape)).mean(axis=axes)
+            xhat = x - mean.reshape(shape)
+            if self.axis % x.ndim == x.ndim - 1:  # channels last: one fused multiply-sum pass
+                flat = xhat.reshape(-1, xhat.shape[-1])
+                var = np.einsum("ij,ij->j", flat, flat) / flat.shape[0]
+            else:
+                var = np.square(xhat).mean(axis=axes)
             self.batch_stats = (mean, var)
         else:
             mean, var = w
             self.batch_stats = None
+            xhat = x - mean.reshape(shape)
         inv = 1.0 / np.sqrt(var + self.eps)
-        xhat = (x - mean.reshape(shape)) * inv.reshape(shape)
+        xhat *= inv.reshape(shape)
         y = xhat * gamma.reshape(shape) if gamma is not None else xhat.copy()
         if beta is not None:
             y += beta.reshape(shape)
