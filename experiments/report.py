@@ -87,7 +87,7 @@ def results_document(config) -> dict:
                     seeds={fam.name: {"seeds": list(fam.recipe[config.scratchnet_profile]["seeds"]),
                                       "baseline_seeds": list(fam.seeds(config.scratchnet_profile, fam.baseline))}
                            for fam in all_families()},
-                    **doc, benchmarks=_by_kind("bench"), layer_divergence=_by_kind("layers"))
+                    **doc, benchmarks=_by_kind("bench"), training_benchmarks=_by_kind("bench_train"), layer_divergence=_by_kind("layers"))
     return _DOC
 
 

@@ -90,7 +90,7 @@ def answer_section(doc: dict, family_titles: dict) -> str:
                  "its test scores:</p>")
     parts.append(table(["family", "selected configuration", "chosen on (validation, mean)",
                         "test macro-F1, mean ± SD over seeds", "test accuracy (mean)"], rows))
-    parts.append(speed_summary(doc.get("benchmarks", [])))
+    parts.append(speed_summary(doc.get("benchmarks", []), doc.get("training_benchmarks", [])))
     return '<div class="answer">' + "".join(parts) + "</div>"
 
 
@@ -109,17 +109,21 @@ def _metric_name(metric: str) -> str:
     return {"val_loss": "val loss", "val_accuracy": "val accuracy"}.get(metric, metric)
 
 
-def speed_summary(benches: list[dict]) -> str:
-    ratios = []
-    for (fam, inputs), by in _bench_groups(benches):
-        where = "" if inputs == DEFAULT_BENCH_INPUTS else f" ({esc(inputs)})"
-        for impl in sorted(by):
-            if impl != "keras" and "keras" in by:
-                ratios.append(f"{fam} {impl}{where}: <b>{by[impl]['mean'] / by['keras']['mean']:.2f}×</b>")
-    if not ratios:
+def speed_summary(benches: list[dict], train_benches: list[dict] = ()) -> str:
+    """A small table of scratch / Keras time ratios: forward pass per input kind, and
+    one training step, each for the float64 (default) and float32 scratch paths."""
+    groups = [(f"{fam}: forward pass, {esc(inputs)}", by) for (fam, inputs), by in _bench_groups(benches)]
+    groups += [(f"{fam}: one training step (train_on_batch)", by)
+               for (fam, _), by in _bench_groups(list(train_benches))]
+    rows = [[what] + [f"<b>{by[impl]['mean'] / by['keras']['mean']:.2f}×</b>" if impl in by else "n/a"
+                      for impl in ("scratch", "scratch_float32")]
+            for what, by in groups if "keras" in by]
+    if not rows:
         return "<p>Speed: no benchmark ran in this session (<code>pytest -m bench</code>).</p>"
-    return ("<p>Forward-pass time, scratch / Keras predict over the whole test split "
-            "(below 1 means scratch is faster): " + "; ".join(ratios) + ".</p>")
+    return ("<p>Time of scratch_layers / time of Keras, measured side by side in this run "
+            "(pytest-benchmark; <b>below 1 means scratch is faster</b>; details under "
+            '<a href="#benchmarks">Benchmarks</a>):</p>'
+            + table(["what", "scratch float64 (exact reference)", "scratch float32"], rows))
 
 
 def toc(doc: dict, family_titles: dict) -> str:
