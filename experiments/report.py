@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from . import report_backward
 from . import report_html as sections
 from . import results
 from .data import DATA_DIR_ENV
@@ -138,5 +139,6 @@ def pytest_html_results_summary(prefix, summary, postfix, session):
              sections.verification_section(doc, doc["layer_divergence"]),
              sections.recipe_section(doc, titles),
              sections.benchmark_section(doc["benchmarks"]),
+             report_backward.backward_section(_by_kind("backward"), _by_kind("bench_train")),
              sections.provenance_section(doc["environment"], doc), "</div>"]
     postfix.extend(body)

@@ -13,19 +13,8 @@ Built from the records ``tests/test_backward_models.py`` attaches with
 """
 from __future__ import annotations
 
-import html
-
 from . import figures
-
-
-def _esc(x) -> str:
-    return html.escape(str(x))
-
-
-def _table(headers, rows) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="scratchnet"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+from .report_html import esc as _esc, table as _table
 
 
 def _num(v) -> str:
@@ -90,9 +79,3 @@ def backward_section(records: list[dict], benches: list[dict]) -> str:
                              f"{b['min'] * 1e3:.1f} ms", ratio])
         out.append(_table(["family", "implementation", "batch", "mean", "min", "time / Keras"], rows))
     return "".join(out)
-
-
-def section() -> str:
-    """The section for the current pytest session's records."""
-    from .report import _by_kind
-    return backward_section(_by_kind("backward"), _by_kind("bench_train"))

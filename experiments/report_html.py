@@ -10,7 +10,7 @@ import html
 
 import numpy as np
 
-from . import figures, report_backward
+from . import figures
 
 STYLE = """<style>
 body{color:#1d1d1d}
@@ -136,6 +136,7 @@ def toc(doc: dict, family_titles: dict) -> str:
               '<li><a href="#verification">Verification, run by run</a></li>',
               '<li><a href="#recipes">Recipes and training cost</a></li>',
               '<li><a href="#benchmarks">Benchmarks</a></li>',
+              '<li><a href="#backward">Backward pass: gradients and training steps</a></li>',
               '<li><a href="#provenance">Provenance</a></li>']
     return "<p><b>Contents</b></p><ul>" + "".join(items) + "</ul>"
 
@@ -299,4 +300,4 @@ def provenance_section(env: dict, doc: dict) -> str:
         seen.add(var["family"])
         sizes = " / ".join(f"{k} {n:,}" for k, n in (var["split_sizes"] or {}).items())
         rows.append([f"data: {var['family']}", f"{esc(var['data_source'])}; splits {sizes}"])
-    return report_backward.section() + '<h2 id="provenance">Provenance</h2>' + table(["", ""], rows)
+    return '<h2 id="provenance">Provenance</h2>' + table(["", ""], rows)
