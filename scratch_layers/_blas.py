@@ -82,7 +82,9 @@ PARALLEL_MIN_ROWS = 4096
 _pools = {}
 
 
-def _workers():
+def default_workers():
+    """Threads for coarse-grained parallel work (predict chunks, training matmul blocks):
+    one per usable CPU, at most 8."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -104,7 +106,7 @@ def _map(fn, items, workers):
 
 def rows_matmul(a, b):
     """``a @ b`` for 2-D arrays, the rows of ``a`` split over the CPUs."""
-    workers = _workers()
+    workers = default_workers()
     if workers == 1 or a.shape[0] < PARALLEL_MIN_ROWS:
         return np.matmul(a, b)
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
@@ -114,7 +116,7 @@ def rows_matmul(a, b):
 
 def rows_matmul_tn(a, b):
     """``a.T @ b`` for 2-D arrays with many rows: per row block a[s].T @ b[s], summed."""
-    workers = _workers()
+    workers = default_workers()
     if workers == 1 or a.shape[0] < PARALLEL_MIN_ROWS:
         return np.matmul(a.T, b)
     parts = _map(lambda s: np.matmul(a[s].T, b[s]), _blocks(a.shape[0], workers), workers)

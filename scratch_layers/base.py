@@ -162,3 +162,13 @@ def same_padding(size, k, stride, dilation=1):
 
 def valid_out(size, k, stride, dilation=1):
     return (size - ((k - 1) * dilation + 1)) // stride + 1
+
+
+class KeepsInputOutput:
+    """Mixin for weightless layers whose backward needs only their input and output:
+    forward_train keeps ``(x, y)`` in ``self._saved`` for :meth:`backward`."""
+
+    def forward_train(self, x, mask, ctx):
+        y = self.forward(x, mask)
+        self._saved = (x, y)
+        return y

@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import activations
 from ._blas import rows_matmul, rows_matmul_tn
-from .base import Layer, positive_sizes, same_padding, valid_out
+from .base import KeepsInputOutput, Layer, positive_sizes, same_padding, valid_out
 from .errors import InputError, ModelFileError
 
 
@@ -356,13 +356,8 @@ def pool2d_backward(x, y, dy, pool, strides, padding, mode):
     return dxp[:, pt:pt + h, pl:pl + w]
 
 
-class PoolingBackward:
-    """forward_train / backward of the pooling layers (see :func:`pool2d_backward`)."""
-
-    def forward_train(self, x, mask, ctx):
-        y = self.forward(x, mask)
-        self._saved = (x, y)
-        return y
+class PoolingBackward(KeepsInputOutput):
+    """backward of the pooling layers (see :func:`pool2d_backward`)."""
 
     def backward(self, dy, need_dx=True):
         x, y = self._saved

@@ -3,7 +3,7 @@ reshaping and Embedding."""
 import numpy as np
 
 from . import activations
-from .base import Layer
+from .base import KeepsInputOutput, Layer
 from .errors import InputError, NoBackwardError
 
 # Random augmentation layers: Keras transforms the batch with its own RNG in training mode.
@@ -128,14 +128,9 @@ class Dense(Layer):
         return (np.matmul(dz, self.kernel.T) if need_dx else None), grads
 
 
-class ElementwiseBackward:
-    """Mixin for weightless activation layers: forward_train keeps (x, y) and backward
-    applies :meth:`local_grad` (x, y, dy) -> dx."""
-
-    def forward_train(self, x, mask, ctx):
-        y = self.forward(x, mask)
-        self._saved = (x, y)
-        return y
+class ElementwiseBackward(KeepsInputOutput):
+    """Mixin for weightless activation layers: backward applies :meth:`local_grad`
+    (x, y, dy) -> dx to the kept input and output."""
 
     def backward(self, dy, need_dx=True):
         x, y = self._saved

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import activations
-from ._blas import blas_threads
+from ._blas import blas_threads, default_workers
 from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D
 from .core import BatchNormalization, Embedding, ReLU
 from .errors import InputError, ModelFileError, ScratchError
@@ -26,15 +26,6 @@ FINITE_CHECK_BYTES = 4 * 2 ** 20
 # keras_model.predict's default batch_size: the padding unit of a TextVectorization
 # without output_sequence_length (see Model._keras_batches).
 KERAS_PREDICT_BATCH = 32
-
-
-def default_workers():
-    """Threads used by predict: one per usable CPU (at most 8)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
 
 
 class Model:
