@@ -19,7 +19,8 @@ from .studies import Family, canonical
 
 RUN_FIELDS = ("seed", "keras_f1", "scratch_f1", "keras_accuracy", "agreement", "max_abs_diff",
               "max_abs_diff_float64", "n_test", "history", "best_epoch", "best_val_loss", "epochs",
-              "train_seconds", "model", "predicted_classes", "per_class_f1", "passed")
+              "train_seconds", "model", "predicted_classes", "per_class_f1", "passed",
+              "keras_float32_error", "keras_rounding_only")
 
 
 def _runs_of(runs: list[dict], family: Family, config: dict) -> list[dict]:

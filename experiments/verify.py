@@ -36,20 +36,32 @@ class Verification:
     keras_seconds: float
     scratch_seconds: float
     max_abs_diff_float64: float | None = None   # max |p_scratch - p_twin|, float64 twin
+    keras_float32_error: float | None = None    # max |p_keras - p_twin|: Keras' own rounding
+    keras_within_tolerance_of_twin: bool | None = None  # Keras allclose to its float64 maths
 
     @property
     def twin_ok(self) -> bool:
         return self.max_abs_diff_float64 is None or self.max_abs_diff_float64 <= TWIN_ATOL
 
     @property
+    def keras_rounding_only(self) -> bool:
+        """Scratch misses the float32 tolerance only because Keras misses it against its
+        own float64 maths: scratch equals the twin (1e-9) while float32 Keras is further
+        than atol + rtol from that twin. No float64 implementation can do better."""
+        return (not self.allclose and self.twin_ok and self.max_abs_diff_float64 is not None
+                and self.keras_within_tolerance_of_twin is False)
+
+    @property
     def passed(self) -> bool:
         # allclose is the project tolerance (atol 1e-5 plus rtol 1e-5); max_abs_diff may
-        # exceed atol alone on probabilities near 1, where float32 rounding is larger
-        return (self.allclose and self.agreement == 1.0 and self.twin_ok
-                and round(self.keras_f1, 4) == round(self.scratch_f1, 4))
+        # exceed atol alone on probabilities near 1, where float32 rounding is larger.
+        # A deep float32 model can round past it by itself (keras_rounding_only): the
+        # float64 twin then decides, and the report names every such run.
+        return ((self.allclose or self.keras_rounding_only) and self.agreement == 1.0
+                and self.twin_ok and round(self.keras_f1, 4) == round(self.scratch_f1, 4))
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "passed": self.passed, "keras_rounding_only": self.keras_rounding_only}
 
 
 def keras_predict(keras_model, x, batch_size: int = KERAS_BATCH) -> np.ndarray:
@@ -97,9 +109,13 @@ def verify_model(keras_model, scratch_model, x_test, y_test, n_classes: int,
     sp = scratch_model.predict(x_test)
     t2 = time.perf_counter()
     v = compare(kp, sp, y_test, n_classes, t1 - t0, t2 - t1)
-    if twin:
-        v.max_abs_diff_float64 = float(np.max(np.abs(keras_predict(float64_twin(keras_model),
-                                                                   as_float64(x_test)) - sp))) if sp.size else 0.0
+    if twin and sp.size:
+        tp = keras_predict(float64_twin(keras_model), as_float64(x_test))
+        v.max_abs_diff_float64 = float(np.max(np.abs(tp - sp)))
+        v.keras_float32_error = float(np.max(np.abs(kp - tp)))
+        v.keras_within_tolerance_of_twin = bool(np.allclose(kp, tp, atol=ATOL, rtol=RTOL))
+    elif twin:
+        v.max_abs_diff_float64 = v.keras_float32_error = 0.0
     return v, kp, sp
 
 
