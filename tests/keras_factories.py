@@ -75,3 +75,21 @@ def check_model(model, x, tmp_path, record_property=None, fmt="keras", batch_siz
     if record_property is not None:
         record_property("max_abs_diff", worst)
     return sm, worst
+
+
+TINY_TEXTS = ["the cat sat", "a dog ran far away", "the dog", "cat cat cat sat on mat", "zebra", "a cat"]
+
+
+def tiny_text_model(k, cell, n_texts, sequence_length, seed):
+    """Raw strings -> TextVectorization -> Embedding(mask_zero) -> Bidirectional(cell(3))
+    -> Dense 3 softmax, adapted on the first ``n_texts`` of TINY_TEXTS, random weights.
+    Returns (model, texts)."""
+    texts = np.array(TINY_TEXTS[:n_texts], dtype=object)
+    tv = k.layers.TextVectorization(output_sequence_length=sequence_length)
+    tv.adapt(texts)
+    inp = k.Input((), dtype="string")
+    h = k.layers.Embedding(tv.vocabulary_size(), 4, mask_zero=True)(tv(inp))
+    h = k.layers.Bidirectional(getattr(k.layers, cell)(3))(h)
+    m = k.Model(inp, k.layers.Dense(3, activation="softmax")(h))
+    randomize_weights(m, seed)
+    return m, texts

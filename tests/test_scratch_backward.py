@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from backward_helpers import compare_gradients, finite_difference_check  # noqa: E402
-from keras_factories import keras, randomize_weights, save_load  # noqa: E402
+from keras_factories import keras, randomize_weights, save_load, tiny_text_model  # noqa: E402
 
 import scratch_layers  # noqa: E402
 
@@ -274,16 +274,7 @@ def test_rnn_activations_and_masked_global_pooling(tmp_path, record_property):
 
 def test_text_vectorization_model(tmp_path, record_property):
     """Raw strings in: TextVectorization has no gradient; the Embedding table gets one."""
-    k = keras()
-    texts = np.array(["the cat sat", "a dog ran far away", "the dog", "cat cat cat sat on mat",
-                      "zebra"], dtype=object)
-    tv = k.layers.TextVectorization(output_sequence_length=6)
-    tv.adapt(texts)
-    inp = k.Input((), dtype="string")
-    h = k.layers.Embedding(tv.vocabulary_size(), 4, mask_zero=True)(tv(inp))
-    h = k.layers.Bidirectional(k.layers.LSTM(3))(h)
-    m = k.Model(inp, k.layers.Dense(3, activation="softmax")(h))
-    randomize_weights(m, 0)
+    m, texts = tiny_text_model(keras(), "LSTM", 5, 6, seed=0)
     sm, _ = save_load(m, tmp_path)
     compare_gradients(m, sm, texts, labels(5))
 

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from backward_helpers import floatx64, max_abs, twin_of  # noqa: E402
-from keras_factories import keras, randomize_weights, save_load  # noqa: E402
+from keras_factories import keras, randomize_weights, save_load, tiny_text_model  # noqa: E402
 
 import scratch_layers  # noqa: E402
 
@@ -156,16 +156,7 @@ def test_save_after_training_loads_in_keras(fmt, tmp_path):
 
 
 def test_text_model_with_string_input(tmp_path, record_property):
-    k = keras()
-    texts = np.array(["the cat sat", "a dog ran far away", "the dog", "cat cat cat sat on mat",
-                      "zebra", "a cat"], dtype=object)
-    tv = k.layers.TextVectorization(output_sequence_length=5)
-    tv.adapt(texts)
-    inp = k.Input((), dtype="string")
-    h = k.layers.Embedding(tv.vocabulary_size(), 4, mask_zero=True)(tv(inp))
-    h = k.layers.Bidirectional(k.layers.SimpleRNN(3))(h)
-    m = k.Model(inp, k.layers.Dense(3, activation="softmax")(h))
-    randomize_weights(m, 3)
+    m, texts = tiny_text_model(keras(), "SimpleRNN", 6, 5, seed=3)
     sm, _ = save_load(m, tmp_path)
     y = np.array([0, 1, 2, 1, 0, 2])
     compare_training(m, sm, [(texts, y)] * STEPS, record_property)
