@@ -13,7 +13,7 @@ import pytest
 import scratch_layers
 from experiments.plugin import trained_or_skip
 from experiments.report import record
-from experiments.verify import KERAS_BATCH
+from experiments.verify import ATOL, KERAS_BATCH, RTOL, keras_predict
 
 pytestmark = [pytest.mark.bench, pytest.mark.slow]
 
@@ -32,6 +32,13 @@ def bench_models(pytestconfig, family, profile):
     return tm, tm.load_keras(), scratch_layers.load_model(tm.path), x
 
 
+@pytest.fixture(scope="session")
+def keras_reference(bench_models):
+    """Keras' float32 output on the whole test split, what both scratch paths must match."""
+    _, keras_model, _, x = bench_models
+    return keras_predict(keras_model, x)
+
+
 @pytest.mark.parametrize("impl", ["keras", "scratch", "scratch_float32"])
 def test_forward_speed(benchmark, bench_models, family, impl, request):
     tm, keras_model, scratch_model, x = bench_models
@@ -46,6 +53,11 @@ def test_forward_speed(benchmark, bench_models, family, impl, request):
     benchmark.group = f"{family.name}: forward pass over {len(x)} test items"
     out = benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
     assert out.shape == (len(x), len(family.load_data().class_names))
+    if impl != "keras":  # the timed outputs are Keras' own, to the project tolerance
+        ref = request.getfixturevalue("keras_reference")
+        assert np.allclose(out, ref, atol=ATOL, rtol=RTOL), \
+            f"{impl}: max |p - p_keras| {np.abs(out - ref).max():.3g} on {len(x)} test items"
+        print(f"{family.name} {impl}: max |p - p_keras| {np.abs(out - ref).max():.2e} on {len(x)} items")
     _record(benchmark, request, family, impl, tm.entry.path.name, len(x))
 
 
