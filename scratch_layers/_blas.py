@@ -74,12 +74,16 @@ def blas_threads(n):
                 set_f(_saved)
 
 
-# ----------------------------------------------------------------------------- row-split matmuls
-# Training runs one batch with one BLAS thread (above); its large conv matmuls are split
-# into row blocks computed on a small thread pool instead (NumPy releases the GIL in BLAS).
-# The blocks are fixed by the row count and the worker count, so results are deterministic.
+# ----------------------------------------------------------------------------- row-split work
+# Training runs one batch with one BLAS thread (above); its large conv matmuls and its
+# large elementwise passes (memory-bound: one core does not saturate the memory bus) are
+# split into row blocks computed on a small thread pool instead (NumPy releases the GIL
+# in BLAS and in ufunc loops). The blocks are fixed by the row count and the worker
+# count, so results are deterministic.
 PARALLEL_MIN_ROWS = 4096
+PARALLEL_MIN_ITEMS = 1 << 17  # below this, a thread hand-off costs more than it saves
 _pools = {}
+_WORKER_PREFIX = "scratch-matmul"
 
 
 def default_workers():
@@ -100,24 +104,57 @@ def _blocks(n, workers):
 def _map(fn, items, workers):
     pool = _pools.get(workers)
     if pool is None:
-        pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="scratch-matmul")
+        pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix=_WORKER_PREFIX)
     return list(pool.map(fn, items))
 
 
-def rows_matmul(a, b):
-    """``a @ b`` for 2-D arrays, the rows of ``a`` split over the CPUs."""
+def _in_worker():
+    """Whether this thread is one of the pool's (a nested map would wait on itself)."""
+    return threading.current_thread().name.startswith(_WORKER_PREFIX)
+
+
+def for_blocks(fn, n, items):
+    """``[fn(s) for s in blocks]``: ``fn(slice)`` on consecutive row blocks covering
+    ``range(n)``, one per worker thread when the work (``items`` values in all) is large
+    enough, else one call on ``slice(0, n)``. ``fn`` writes its block's rows of
+    preallocated outputs and/or returns a partial result (e.g. a per-block sum)."""
     workers = default_workers()
-    if workers == 1 or a.shape[0] < PARALLEL_MIN_ROWS:
-        return np.matmul(a, b)
+    if workers == 1 or n < 2 or items < PARALLEL_MIN_ITEMS or _in_worker():
+        return [fn(slice(0, n))]
+    return _map(fn, _blocks(n, workers), workers)
+
+
+def block_sum(fn, n, items):
+    """The sum over row blocks of ``fn(slice)`` (see :func:`for_blocks`)."""
+    parts = for_blocks(fn, n, items)
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def rows_matmul(a, b, bias=None):
+    """``a @ b (+ bias)`` for 2-D arrays, the rows of ``a`` split over the CPUs."""
+    workers = default_workers()
+    if workers == 1 or a.shape[0] < PARALLEL_MIN_ROWS or _in_worker():
+        out = np.matmul(a, b)
+        if bias is not None:
+            out += bias
+        return out
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    _map(lambda s: np.matmul(a[s], b, out=out[s]), _blocks(a.shape[0], workers), workers)
+
+    def block(s):
+        np.matmul(a[s], b, out=out[s])
+        if bias is not None:
+            out[s] += bias
+    _map(block, _blocks(a.shape[0], workers), workers)
     return out
 
 
 def rows_matmul_tn(a, b):
     """``a.T @ b`` for 2-D arrays with many rows: per row block a[s].T @ b[s], summed."""
     workers = default_workers()
-    if workers == 1 or a.shape[0] < PARALLEL_MIN_ROWS:
+    if workers == 1 or a.shape[0] < PARALLEL_MIN_ROWS or _in_worker():
         return np.matmul(a.T, b)
     parts = _map(lambda s: np.matmul(a[s].T, b[s]), _blocks(a.shape[0], workers), workers)
     out = parts[0]

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import activations
-from ._blas import rows_matmul, rows_matmul_tn
+from ._blas import block_sum, for_blocks, rows_matmul, rows_matmul_tn
 from .base import KeepsInputOutput, Layer, positive_sizes, same_padding, valid_out
 from .errors import InputError, ModelFileError
 
@@ -52,10 +52,10 @@ def conv_geometry(x_shape, k_shape, strides, padding, dilation, explicit_pads=No
     return ho, wo, ((pt, pb), (pl, pr))
 
 
-def im2col(x, k_shape, strides, dilation, pads, ho, wo):
+def im2col(x, k_shape, strides, dilation, pads, ho, wo, out=None):
     """(N, Ho, Wo, kh, kw, C) contiguous patches: ONE strided view of the padded input,
-    copied once; with dilation 1 the (kw, C) axes are one contiguous run of kw*C
-    values, which numpy's copy loop coalesces."""
+    copied once (into ``out`` when given); with dilation 1 the (kw, C) axes are one
+    contiguous run of kw*C values, which numpy's copy loop coalesces."""
     n, _, _, c = x.shape
     kh, kw = k_shape[:2]
     xp = pad2d(x, pads)
@@ -63,7 +63,10 @@ def im2col(x, k_shape, strides, dilation, pads, ho, wo):
     view = as_strided(xp, (n, ho, wo, kh, kw, c),
                       (s0, s1 * strides[0], s2 * strides[1], s1 * dilation[0], s2 * dilation[1], s3),
                       writeable=False)
-    return np.ascontiguousarray(view)
+    if out is None:
+        return np.ascontiguousarray(view)
+    np.copyto(out, view)
+    return out
 
 
 def col2im(dcols, x_shape, strides, dilation, pads):
@@ -156,28 +159,31 @@ class Conv2D(Layer):
         return x, None
 
     def forward_train(self, x, mask, ctx):
-        """z = im2col(x) @ K + b (the patches are kept for the backward pass); y = act(z)."""
+        """z = im2col(x) @ K + b (the patches are kept for the backward pass); y = act(z).
+        The patch copy and the matmul run in row blocks on the worker threads."""
         x4, explicit = self._as_image(x)
         self.check_last_dim(x4, self.kernel.shape[2])
         k = self.kernel
         ho, wo, pads = conv_geometry(x4.shape, k.shape, self.strides, self.padding,
                                      self.dilation, explicit)
+        n = x4.shape[0]
         pointwise = _is_pointwise(k.shape, tuple(self.strides), pads)
         if pointwise:
             cols = x4.reshape(-1, k.shape[2])
         else:
-            cols = im2col(x4, k.shape, self.strides, self.dilation, pads, ho, wo)
+            cols = np.empty((n, ho, wo) + k.shape[:3], x4.dtype)
+            for_blocks(lambda s: im2col(x4[s], k.shape, self.strides, self.dilation, pads, ho, wo,
+                                        out=cols[s]), n, cols.size)
             cols = cols.reshape(-1, k.shape[0] * k.shape[1] * k.shape[2])
-        z = rows_matmul(cols, k.reshape(-1, k.shape[-1]))
-        if self.bias is not None:
-            z += self.bias
-        z = z.reshape(x4.shape[0], ho, wo, k.shape[-1])
+        z = rows_matmul(cols, k.reshape(-1, k.shape[-1]), self.bias)
+        z = z.reshape(n, ho, wo, k.shape[-1])
         y = self.activation(z)
         self._saved = (x4.shape, cols, pads, z, y, pointwise)
         return y if x.ndim == 4 else y[:, 0]
 
     def backward(self, dy, need_dx=True, wrt_preactivation=False):
-        """dz = act'(z) dy;  dK = cols^T dz;  db = sum dz;  dx = col2im(dz K^T)."""
+        """dz = act'(z) dy;  dK = cols^T dz;  db = sum dz;  dx = col2im(dz K^T), the last
+        two per block of samples on the worker threads."""
         x_shape, cols, pads, z, y, pointwise = self._saved
         dy = dy.reshape(y.shape)
         dz = dy if wrt_preactivation else activations.backward(
@@ -186,16 +192,21 @@ class Conv2D(Layer):
         dz2 = dz.reshape(-1, k.shape[-1])
         grads = [rows_matmul_tn(cols, dz2).reshape(self.weights[0].shape)]
         if self.bias is not None:
-            grads.append(dz2.sum(axis=0))
+            grads.append(block_sum(lambda s: dz2[s].sum(axis=0), len(dz2), dz2.size))
         if not need_dx:
             return None, grads
-        dcols = rows_matmul(dz2, np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T))
+        k_t = np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
         if pointwise:
-            dx = dcols.reshape(x_shape)
+            dx = rows_matmul(dz2, k_t).reshape(x_shape)
         else:
             n, ho, wo = z.shape[:3]
-            dx = col2im(dcols.reshape(n, ho, wo, *k.shape[:3]), x_shape, self.strides,
-                        self.dilation, pads)
+            dx = np.empty(x_shape, dz.dtype)
+
+            def block(s):
+                dcols = np.matmul(dz[s].reshape(-1, k.shape[-1]), k_t)
+                dx[s] = col2im(dcols.reshape(-1, ho, wo, *k.shape[:3]), dx[s].shape,
+                               self.strides, self.dilation, pads)
+            for_blocks(block, n, n * ho * wo * k_t.shape[1])
         return (dx if len(self.weights[0].shape) == 4 else dx[:, 0]), grads
 
 
@@ -332,6 +343,10 @@ def pool2d_backward(x, y, dy, pool, strides, padding, mode):
     sh, sw = strides
     ho, pt, pb = _out_and_pads(h, ph, sh, 1, padding)
     wo, pl, pr = _out_and_pads(w, pw, sw, 1, padding)
+    if (sh, sw) == (ph, pw) and not (pt or pb or pl or pr):
+        dx = np.empty(x.shape, dy.dtype)
+        for_blocks(lambda s: _tiled_pool_backward(x[s], y[s], dy[s], pool, mode, dx[s]), n, x.size)
+        return dx
     dxp = np.zeros((n, h + pt + pb, w + pl + pr, c), dy.dtype)
     windows = [(slice(None), slice(a, a + (ho - 1) * sh + 1, sh), slice(b, b + (wo - 1) * sw + 1, sw))
                for a in range(ph) for b in range(pw)]
@@ -356,8 +371,47 @@ def pool2d_backward(x, y, dy, pool, strides, padding, mode):
     return dxp[:, pt:pt + h, pl:pl + w]
 
 
+def _tiled_pool_backward(x, y, dy, pool, mode, dx):
+    """:func:`pool2d_backward` when the windows tile the input (strides = pool size, no
+    padding; rows/columns past the last window get nothing): one reshape of dx, no
+    accumulation. Writes every cell of ``dx``."""
+    n, _, _, c = x.shape
+    ph, pw = pool
+    ho, wo = y.shape[1:3]
+    dx[:, ho * ph:] = 0
+    dx[:, :, wo * pw:] = 0
+    tiles = (n, ho, ph, wo, pw, c)
+    region = dx[:, :ho * ph, :wo * pw].reshape(tiles)  # splitting axes: a view of dx
+    dy_b = dy[:, :, None, :, None, :]
+    if mode != "max":
+        np.divide(dy_b, ph * pw, out=region)
+        return
+    hit = x[:, :ho * ph, :wo * pw].reshape(tiles) == y[:, :, None, :, None, :]
+    taken = hit[:, :, 0, :, 0].copy()
+    for a in range(ph):
+        for b in range(pw):
+            if a or b:  # keep only each window's first maximum in row-major order
+                cell = hit[:, :, a, :, b]
+                cell &= ~taken
+                taken |= cell
+    if np.isfinite(dy).all():
+        np.multiply(dy_b, hit, out=region)  # 3x faster than a masked copy; x * 0 = 0 here
+    else:
+        region[...] = 0
+        np.copyto(region, dy_b, where=hit)
+
+
 class PoolingBackward(KeepsInputOutput):
-    """backward of the pooling layers (see :func:`pool2d_backward`)."""
+    """forward_train and backward of the pooling layers (see :func:`pool2d_backward`)."""
+
+    def forward_train(self, x, mask, ctx):
+        """``forward`` in blocks of samples on the worker threads (windows never cross
+        samples); keeps (x, y) for the backward pass."""
+        parts = for_blocks(lambda s: self.forward(x[s], None if mask is None else mask[s]),
+                           len(x), x.size)
+        y = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self._saved = (x, y)
+        return y
 
     def backward(self, dy, need_dx=True):
         x, y = self._saved

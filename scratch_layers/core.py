@@ -3,6 +3,7 @@ reshaping and Embedding."""
 import numpy as np
 
 from . import activations
+from ._blas import block_sum, for_blocks
 from .base import KeepsInputOutput, Layer
 from .errors import InputError, NoBackwardError
 
@@ -159,9 +160,22 @@ class ReLU(ElementwiseBackward, Layer):
     Backward: slope 1 where x > threshold (TF ReluGrad passes where x > 0), else
     negative_slope; 0 where the output is clipped at max_value."""
 
+    def _plain(self):
+        return self.negative_slope == 0.0 and self.threshold == 0.0 and self.max_value is None
+
+    def forward_train(self, x, mask, ctx):
+        if not self._plain():
+            return super().forward_train(x, mask, ctx)
+        y = np.empty_like(x)  # max(x, 0) in row blocks on the worker threads
+        for_blocks(lambda s: np.maximum(x[s], 0.0, out=y[s]), len(x), x.size)
+        self._saved = (x, y)
+        return y
+
     def local_grad(self, x, y, dy):
-        if self.negative_slope == 0.0 and self.threshold == 0.0 and self.max_value is None:
-            return np.multiply(dy, y > 0)  # plain ReLU: y > 0 exactly where x > 0
+        if self._plain():  # y > 0 exactly where x > 0
+            dx = np.empty_like(dy)
+            for_blocks(lambda s: np.multiply(dy[s], y[s] > 0, out=dx[s]), len(dy), dy.size)
+            return dx
         slope = np.where(x > self.threshold, 1.0, self.negative_slope)
         if self.max_value is not None:
             slope = np.where(y < self.max_value, slope, 0.0)
@@ -278,64 +292,74 @@ class BatchNormalization(Layer):
         t = bool(self.config.get("trainable", True))
         return [t] * (self.n_weights - 2) + [False, False]
 
-    def _reduce(self, x):
-        axis = self.axis % x.ndim
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        return tuple(a for a in range(x.ndim) if a != axis), shape
+    def _channels_last_rows(self, a):
+        """``a`` with the channel axis moved last, as (rows, channels) (a view when the
+        channel axis is already last and ``a`` is contiguous)."""
+        moved = np.moveaxis(a, self.axis % a.ndim, -1)
+        return moved.reshape(-1, moved.shape[-1]), moved.shape
 
     def forward_train(self, x, mask, ctx):
-        """Training mode (and a trainable layer): batch statistics over every axis but the
-        channel axis, mu = mean(x), var = mean((x - mu)^2) (biased, as tf.nn.moments);
-        otherwise the moving statistics.  xhat = (x - mu) / sqrt(var + eps);
-        y = gamma * xhat + beta."""
-        axes, shape = self._reduce(x)
+        """Training mode (and a trainable layer): batch statistics per channel over the
+        M = N*H*W values of the other axes, mu = mean(x), var = mean((x - mu)^2) (biased,
+        as tf.nn.moments); otherwise the moving statistics.  xhat = (x - mu) / sqrt(var +
+        eps); y = gamma * xhat + beta. Every pass runs in row blocks on the worker threads."""
         w = list(self.weights)
         gamma = w.pop(0) if self.scale else None
         beta = w.pop(0) if self.center else None
         batch = ctx.training and bool(self.config.get("trainable", True))
+        if batch and mask is not None:
+            raise self.no_backward("with a mask in training mode")
+        flat, moved_shape = self._channels_last_rows(x)
+        m = len(flat)
+        centered = np.empty_like(flat)  # x - mu; xhat = centered * inv is never stored
         if batch:
-            if mask is not None:
-                raise self.no_backward("with a mask in training mode")
-            mean = x.mean(axis=axes)
-            xhat = x - mean.reshape(shape)
-            if self.axis % x.ndim == x.ndim - 1:  # channels last: one fused multiply-sum pass
-                flat = xhat.reshape(-1, xhat.shape[-1])
-                var = np.einsum("ij,ij->j", flat, flat) / flat.shape[0]
-            else:
-                var = np.square(xhat).mean(axis=axes)
+            mean = block_sum(lambda s: flat[s].sum(axis=0), m, flat.size) / m
+
+            def center(s):
+                np.subtract(flat[s], mean, out=centered[s])
+                return np.einsum("ij,ij->j", centered[s], centered[s])
+            var = block_sum(center, m, flat.size) / m
             self.batch_stats = (mean, var)
         else:
             mean, var = w
             self.batch_stats = None
-            xhat = x - mean.reshape(shape)
+            for_blocks(lambda s: np.subtract(flat[s], mean, out=centered[s]), m, flat.size)
         inv = 1.0 / np.sqrt(var + self.eps)
-        xhat *= inv.reshape(shape)
-        y = xhat * gamma.reshape(shape) if gamma is not None else xhat.copy()
-        if beta is not None:
-            y += beta.reshape(shape)
-        self._saved = (xhat, inv, gamma, batch, axes, shape)
-        return y
+        g = inv if gamma is None else inv * gamma
+        y = np.empty_like(flat)
+
+        def scale(s):
+            np.multiply(centered[s], g, out=y[s])
+            if beta is not None:
+                y[s] += beta
+        for_blocks(scale, m, flat.size)
+        self._saved = (centered, inv, g, batch, moved_shape)
+        return np.moveaxis(y.reshape(moved_shape), -1, self.axis % x.ndim)
 
     def backward(self, dy, need_dx=True):
-        """dgamma = sum(dy xhat); dbeta = sum(dy); with moving statistics
-        dx = dy gamma / sqrt(var + eps); with batch statistics (M values per channel)
-        dx = gamma / (M sqrt(var + eps)) * (M dy - sum(dy) - xhat sum(dy xhat))."""
-        xhat, inv, gamma, batch, axes, shape = self._saved
-        dgamma = np.sum(dy * xhat, axis=axes)
-        dbeta = np.sum(dy, axis=axes)
+        """With xhat = (x - mu) inv, inv = 1 / sqrt(var + eps), g = gamma inv:
+        dgamma = sum(dy xhat); dbeta = sum(dy); with moving statistics dx = g dy; with
+        batch statistics (M values per channel) dx = g dy - (g/M) (dbeta + xhat dgamma)."""
+        centered, inv, g, batch, moved_shape = self._saved
+        dyf, _ = self._channels_last_rows(dy)
+        m = len(dyf)
+        dgamma, dbeta = block_sum(
+            lambda s: np.stack([np.einsum("ij,ij->j", dyf[s], centered[s]), dyf[s].sum(axis=0)]),
+            m, dyf.size)
+        dgamma *= inv
         grads = ([dgamma] if self.scale else []) + ([dbeta] if self.center else []) + [None, None]
         if not need_dx:
             return None, grads
-        g = inv if gamma is None else inv * gamma
-        if not batch:
-            return dy * g.reshape(shape), grads
-        m = dy.size // dy.shape[self.axis % dy.ndim]
-        dx = dy * m
-        dx -= dbeta.reshape(shape)
-        dx -= xhat * dgamma.reshape(shape)
-        dx *= (g / m).reshape(shape)
-        return dx, grads
+        dx = np.empty_like(dyf)
+        per_centered, per_channel = dgamma * inv * (g / m), dbeta * (g / m)
+
+        def block(s):
+            np.multiply(dyf[s], g, out=dx[s])
+            if batch:
+                dx[s] -= centered[s] * per_centered
+                dx[s] -= per_channel
+        for_blocks(block, m, dyf.size)
+        return np.moveaxis(dx.reshape(moved_shape), -1, self.axis % dy.ndim), grads
 
     def state_updates(self):
         """The weights after one training step's moving-average update (Keras):

@@ -38,8 +38,10 @@ def conv2d_ref(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1)):
     return y
 
 
-def pool2d_ref(x, pool, strides, padding, mode):
-    n, h, w, c = x.shape
+def _pool_windows(x_shape, pool, strides, padding):
+    """Output size and, per output cell (i, j), the real (non-pad) input cells of its
+    window in row-major order."""
+    _, h, w, _ = x_shape
     ph, pw = pool
     sh, sw = strides
     if padding == "same":
@@ -49,16 +51,38 @@ def pool2d_ref(x, pool, strides, padding, mode):
         ho = (h - ph) // sh + 1
         wo = (w - pw) // sw + 1
         pt = pl = 0
+    cells = {(i, j): [(i * sh + a - pt, j * sw + e - pl) for a in range(ph) for e in range(pw)
+                      if 0 <= i * sh + a - pt < h and 0 <= j * sw + e - pl < w]
+             for i in range(ho) for j in range(wo)}
+    return ho, wo, cells
+
+
+def pool2d_ref(x, pool, strides, padding, mode):
+    n, _, _, c = x.shape
+    ho, wo, cells = _pool_windows(x.shape, pool, strides, padding)
     y = np.zeros((n, ho, wo, c))
     for b in range(n):
-        for i in range(ho):
-            for j in range(wo):
-                for ch in range(c):
-                    vals = []
-                    for a in range(ph):
-                        for e in range(pw):
-                            r, q = i * sh + a - pt, j * sw + e - pl
-                            if 0 <= r < h and 0 <= q < w:  # pads are ignored
-                                vals.append(x[b, r, q, ch])
-                    y[b, i, j, ch] = max(vals) if mode == "max" else sum(vals) / len(vals)
+        for (i, j), window in cells.items():
+            for ch in range(c):
+                vals = [x[b, r, q, ch] for r, q in window]  # pads are ignored
+                y[b, i, j, ch] = max(vals) if mode == "max" else sum(vals) / len(vals)
     return y
+
+
+def pool2d_backward_ref(x, dy, pool, strides, padding, mode):
+    """dL/dx of pooling: max sends each window's gradient to its first maximal cell
+    (row-major, as TF's MaxPoolGrad); average splits it evenly over the real cells."""
+    n, _, _, c = x.shape
+    _, _, cells = _pool_windows(x.shape, pool, strides, padding)
+    dx = np.zeros(x.shape)
+    for b in range(n):
+        for (i, j), window in cells.items():
+            for ch in range(c):
+                if mode == "max":
+                    vals = [x[b, r, q, ch] for r, q in window]
+                    r, q = window[vals.index(max(vals))]
+                    dx[b, r, q, ch] += dy[b, i, j, ch]
+                else:
+                    for r, q in window:
+                        dx[b, r, q, ch] += dy[b, i, j, ch] / len(window)
+    return dx

@@ -204,6 +204,29 @@ def test_batchnorm_training_mode(where, tmp_path, record_property):
     run_case(m, x, tmp_path, record_property, training=True)
 
 
+def test_conv_block_split_over_worker_threads(tmp_path, record_property, monkeypatch):
+    """A batch large enough that Conv2D, BatchNormalization (batch statistics), ReLU and
+    pooling run their passes in row blocks on two worker threads: the gradients equal the
+    float64 twin, and equal the one-thread computation to rounding."""
+    from scratch_layers import _blas
+    k = keras()
+    m = k.Sequential([k.Input((18, 17, 3)), k.layers.Conv2D(24, 3, padding="same", use_bias=False),
+                      k.layers.BatchNormalization(), k.layers.ReLU(), k.layers.MaxPooling2D(2),
+                      k.layers.Conv2D(16, 3, padding="same"), k.layers.BatchNormalization(),
+                      k.layers.ReLU(), k.layers.AveragePooling2D(3)] + head(k))
+    x = np.random.default_rng(3).normal(0.3, 1.0, (20, 18, 17, 3)).astype(np.float32)
+    assert 20 * 18 * 17 * 24 >= _blas.PARALLEL_MIN_ITEMS  # the first block really splits
+    monkeypatch.setattr(_blas, "default_workers", lambda: 2)
+    sm = run_case(m, x, tmp_path, record_property, training=True, y=labels(len(x)))
+    y = labels(len(x))
+    loss2, grads2 = sm.loss_and_gradients(x, y, training=True)
+    monkeypatch.setattr(_blas, "default_workers", lambda: 1)
+    loss1, grads1 = sm.loss_and_gradients(x, y, training=True)
+    assert loss1 == pytest.approx(loss2, rel=1e-14)
+    for g1, g2 in zip(grads1, grads2):
+        np.testing.assert_allclose(g2, g1, rtol=1e-12, atol=1e-15)
+
+
 # ----------------------------------------------------------------------------- recurrent
 
 V, T = 17, 8

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from keras_factories import assert_close, check_model, keras  # noqa: E402
-from scratch_reference import conv2d_ref, pool2d_ref  # noqa: E402
+from scratch_reference import conv2d_ref, pool2d_backward_ref, pool2d_ref  # noqa: E402
 
 pytestmark = pytest.mark.scratch
 
@@ -287,6 +287,29 @@ def test_pool2d_matches_loop_reference(mode, pool, strides, padding):
     x = np.random.default_rng(11).normal(size=(2, 7, 5, 3))
     np.testing.assert_allclose(pool2d(x, pool, strides, padding, mode),
                                pool2d_ref(x, pool, strides, padding, mode), atol=1e-12)
+
+
+POOL_BACKWARD_CASES = [((2, 2), (2, 2), "valid"), ((2, 2), (2, 2), "same"), ((3, 2), (3, 2), "valid"),
+                       ((3, 3), (2, 2), "same"), ((2, 3), (2, 1), "valid")]
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("pool,strides,padding", POOL_BACKWARD_CASES,
+                         ids=["tiled-2", "tiled-2-same-padded", "tiled-3x2-cropped",
+                              "3-s2-same-overlapping", "2x3-s2x1-valid"])
+def test_pool2d_backward_matches_loop_reference(mode, pool, strides, padding):
+    """Both paths of pool2d_backward (windows that tile the input, cropped or not, and the
+    general accumulation) equal the loop reference exactly, ties included: the integer
+    input has many equal cells, and max pooling must pick each window's first maximum."""
+    from scratch_layers.conv import pool2d, pool2d_backward
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 3, size=(3, 7, 8, 2)).astype(np.float64)
+    y = pool2d(x, pool, strides, padding, mode)
+    dy = rng.normal(size=y.shape)
+    # overlapping average windows add their shares in another order: equal to rounding
+    np.testing.assert_allclose(pool2d_backward(x, y, dy, pool, strides, padding, mode),
+                               pool2d_backward_ref(x, dy, pool, strides, padding, mode),
+                               rtol=1e-15, atol=1e-15 if mode == "avg" else 0)
 
 
 @pytest.mark.parametrize("conv_kw,pool_kw", [
