@@ -69,22 +69,26 @@ def im2col(x, k_shape, strides, dilation, pads, ho, wo, out=None):
     return out
 
 
-def col2im(dcols, x_shape, strides, dilation, pads):
-    """Adjoint of :func:`im2col`: dx[n, i*sh + a*dh - pt, j*sw + b*dw - pl, c] +=
-    dcols[n, i, j, a, b, c]. One strided slab add per kernel offset (kh*kw adds; within
-    one offset the slab's cells are distinct, so ``+=`` is exact), then the pads are cut."""
+def col2im(dz, kernel, x_shape, strides, dilation, pads):
+    """dL/dx of a convolution, the adjoint of :func:`im2col` applied to dcols = dz K^T:
+    dx[n, i*sh + a*dh - pt, j*sw + b*dw - pl, :] += dz[n, i, j, :] @ K[a, b]^T.
+    Computed one kernel offset at a time (kh*kw matmuls, each added to one strided slab;
+    within one offset the slab's cells are distinct, so ``+=`` is exact), which never
+    holds the whole dcols buffer; then the pads are cut."""
     n, h, w, c = x_shape
-    _, ho, wo, kh, kw, _ = dcols.shape
+    _, ho, wo, f = dz.shape
+    kh, kw = kernel.shape[:2]
     (pt, pb), (pl, pr) = pads
     sh, sw = strides
     dh, dw = dilation
     rows = max(h + pt + pb, (kh - 1) * dh + (ho - 1) * sh + 1)
     cols = max(w + pl + pr, (kw - 1) * dw + (wo - 1) * sw + 1)
-    dxp = np.zeros((n, rows, cols, c), dcols.dtype)
+    dxp = np.zeros((n, rows, cols, c), dz.dtype)
+    dz2 = dz.reshape(-1, f)
     for a in range(kh):
         for b in range(kw):
             dxp[:, a * dh:a * dh + (ho - 1) * sh + 1:sh, b * dw:b * dw + (wo - 1) * sw + 1:sw] += \
-                dcols[:, :, :, a, b]
+                np.matmul(dz2, kernel[a, b].T).reshape(n, ho, wo, c)
     return dxp[:, pt:pt + h, pl:pl + w]
 
 
@@ -183,7 +187,7 @@ class Conv2D(Layer):
 
     def backward(self, dy, need_dx=True, wrt_preactivation=False):
         """dz = act'(z) dy;  dK = cols^T dz;  db = sum dz;  dx = col2im(dz K^T), the last
-        two per block of samples on the worker threads."""
+        two in row blocks on the worker threads."""
         x_shape, cols, pads, z, y, pointwise = self._saved
         dy = dy.reshape(y.shape)
         dz = dy if wrt_preactivation else activations.backward(
@@ -195,18 +199,14 @@ class Conv2D(Layer):
             grads.append(block_sum(lambda s: dz2[s].sum(axis=0), len(dz2), dz2.size))
         if not need_dx:
             return None, grads
-        k_t = np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)
         if pointwise:
-            dx = rows_matmul(dz2, k_t).reshape(x_shape)
+            dx = rows_matmul(dz2, np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)).reshape(x_shape)
         else:
-            n, ho, wo = z.shape[:3]
             dx = np.empty(x_shape, dz.dtype)
 
             def block(s):
-                dcols = np.matmul(dz[s].reshape(-1, k.shape[-1]), k_t)
-                dx[s] = col2im(dcols.reshape(-1, ho, wo, *k.shape[:3]), dx[s].shape,
-                               self.strides, self.dilation, pads)
-            for_blocks(block, n, n * ho * wo * k_t.shape[1])
+                dx[s] = col2im(dz[s], k, dx[s].shape, self.strides, self.dilation, pads)
+            for_blocks(block, len(dx), dz.size * k.shape[0] * k.shape[1])
         return (dx if len(self.weights[0].shape) == 4 else dx[:, 0]), grads
 
 
