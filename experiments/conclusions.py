@@ -9,8 +9,11 @@ parameter counts) and its pairwise comparisons (:mod:`experiments.stats`):
 * runs are flagged, not explained away: *collapsed* (some class is never predicted on
   test), *near-untrained* (at the restored epoch the training loss was still within 10%
   of the chance-level loss ln k: an early-stopping artefact, not a trained model), *overfitting* (validation loss
-  rose after its minimum while training loss kept falling) and *at the epoch limit*
-  (the lowest validation loss came in the last epoch of the budget);
+  rose after its minimum while training loss kept falling), *cut short* (early stopping
+  ended the run before the end of a decaying learning-rate schedule, so its weights come
+  from a high-learning-rate phase, not the annealed end of training: a property of the
+  run, not of the hyperparameter) and *at the epoch limit* (the lowest validation loss
+  came in the last epoch of the budget);
 * the validation split names the variant it would select; the test split never does.
 """
 from __future__ import annotations
@@ -51,6 +54,8 @@ def run_flags(run: dict, n_classes: int) -> dict:
         "near_untrained": bool(train_at_best is not None and n_classes
                                and train_at_best >= NEAR_UNTRAINED * math.log(n_classes)),
         "overfit": overfitting(history) is not None,
+        "cut_short": bool(train and budget and len(train) < budget
+                          and (run.get("recipe") or {}).get("schedule", "constant") != "constant"),
         "at_epoch_limit": bool(val and budget and len(val) == budget and min(val) == val[-1]),
     }
 
@@ -146,6 +151,14 @@ def conclude(study: dict, variants: list[dict]) -> str:
         hits = _runs_flagged(ran, flag)
         if hits:
             parts.append(f"{text}: {', '.join(hits)}.")
+    cut = [(v, r) for v in ran for r in v["runs"] if r["flags"].get("cut_short")]
+    if cut:
+        parts.append("Cut short by early stopping before the learning-rate schedule annealed "
+                     "(a property of the run, not of the hyperparameter; its variant's spread "
+                     "includes it): " + "; ".join(
+                         f"{v['label']} seed {r['seed']} (stopped after epoch {r['epochs']} of "
+                         f"{(v.get('recipe') or {}).get('epochs')}, restored epoch {r['best_epoch']}, test macro-F1 "
+                         f"{r['keras_f1']:.3f})" for v, r in cut) + ".")
     n_runs = sum(len(v["runs"]) for v in ran)
     over = _runs_flagged(ran, "overfit")
     if over:

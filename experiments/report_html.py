@@ -152,10 +152,10 @@ def toc(doc: dict, family_titles: dict) -> str:
 
 def _flags(v: dict) -> str:
     names = {"near_untrained": "near-untrained", "collapsed": "collapsed", "overfit": "overfit",
-             "at_epoch_limit": "at epoch limit"}
+             "cut_short": "cut short", "at_epoch_limit": "at epoch limit"}
     out = []
     for flag, name in names.items():
-        k = sum(1 for r in v["runs"] if r["flags"][flag])
+        k = sum(1 for r in v["runs"] if r["flags"].get(flag))
         if k:
             out.append(f"{name} ×{k}")
     return ", ".join(out) or "–"

@@ -68,6 +68,17 @@ def test_flags_name_artefacts_and_collapse():
                "predicted_classes": 3, "recipe": {"epochs": 3}}
     f = run_flags(healthy, 3)
     assert not (f["near_untrained"] or f["collapsed"] or f["overfit"]) and f["at_epoch_limit"]
+    assert not f["cut_short"]
+
+
+def test_cut_short_means_stopped_before_a_decaying_schedule_ended():
+    """Early stopping under a constant learning rate is the recipe working; under a
+    schedule that anneals to the last epoch it leaves weights from the high-rate phase."""
+    stopped = {"history": {"loss": [2, 1.5, 1.2, 1.1], "val_loss": [1.9, 1.4, 1.5, 1.6]},
+               "best_epoch": 2, "predicted_classes": 3}
+    assert run_flags({**stopped, "recipe": {"epochs": 12, "schedule": "warmup_cosine"}}, 3)["cut_short"]
+    assert not run_flags({**stopped, "recipe": {"epochs": 12, "schedule": "constant"}}, 3)["cut_short"]
+    assert not run_flags({**stopped, "recipe": {"epochs": 4, "schedule": "warmup_cosine"}}, 3)["cut_short"]
 
 
 # ----------------------------------------------------------------------------- conclusions
@@ -121,7 +132,19 @@ def test_categorical_study_states_effect_artefacts_and_what_else_changes():
     assert "trend" not in text
     assert "Early-stopping artefacts" in text and "average pooling seed 1" in text
     assert "Collapsed runs" in text and "overfitting" not in text
+    assert "Cut short" not in text
     assert text.endswith("Pooling has no weights.")
+
+
+def test_cut_short_runs_are_named_with_their_epochs():
+    vs = [variant("max", "max pooling", "max", [.75, .75], val=0.6),
+          variant("avg", "average pooling", "avg", [.77, .66], val=0.7)]
+    vs[1]["recipe"] = {"epochs": 12}
+    vs[1]["runs"][1].update(epochs=8, best_epoch=4)
+    vs[1]["runs"][1]["flags"]["cut_short"] = True
+    text = conclude(study(vs), vs)
+    assert ("average pooling seed 2 (stopped after epoch 8 of 12, restored epoch 4, "
+            "test macro-F1 0.660)") in text
 
 
 def test_missing_seeds_and_single_seeds_are_said():
