@@ -66,15 +66,20 @@ FAMILY = Family(
               also_changes="Pooling has no weights: both variants have the same parameter count."),
     ),
     # Adam warms up linearly over the first epoch to 2e-3, then decays on a cosine to 0 at
-    # epoch 12, so a run ends annealed rather than cut off while still improving.  Early
-    # stopping (patience 4, never restoring epochs 1-3) guards against divergence.
+    # the last epoch, so a run ends annealed rather than cut off while still improving.
+    # Every run trains to the end of that schedule; early stopping only restores the epoch
+    # of lowest validation loss (never epochs 1-3): its patience is the whole budget.
+    # The earlier recipe (12 epochs, patience 4) cut one of 17 runs short (average pooling,
+    # seed 2: stopped at epoch 8, restored epoch 4, before the schedule annealed, test
+    # macro-F1 0.660 against 0.767 for seed 1), and 9 of 17 runs had their lowest
+    # validation loss in the last epoch: hence 15 epochs, with no early cut.
     # "head" names the classifier as built (it is part of every run's cache key): with a
     # second Dropout 0.3 after Flatten the baseline underfit in 12 epochs (training loss
     # 0.88 above validation loss 0.74; validation accuracy 0.738, seed 1) and without it
     # reached validation accuracy 0.751 and loss 0.697 (vs 0.745; same seed), so it was dropped.
     recipe={
-        "full": {"epochs": 12, "batch_size": 128, "learning_rate": 2e-3, "schedule": "warmup_cosine",
-                 "warmup_epochs": 1, "patience": 4, "min_epochs": 3,
+        "full": {"epochs": 15, "batch_size": 128, "learning_rate": 2e-3, "schedule": "warmup_cosine",
+                 "warmup_epochs": 1, "patience": 15, "min_epochs": 3,
                  "augmentation": f"RandomFlip horizontal, RandomTranslation ±{TRANSLATION:g} (reflect)",
                  "head": "Flatten -> Dense 128 relu -> Dropout 0.3 -> Dense 10 softmax",
                  "seeds": (1, 2), "baseline_seeds": (1, 2, 3)},
