@@ -197,11 +197,6 @@ def get_trained(family: Family, config: dict, profile: str, seed: int, *, retrai
     cache = ModelCache(cache_root(profile))
 
     def build(tmp: Path) -> dict:
-        if not allow_train:
-            raise MissingModel(
-                f"{name} ({profile} profile) is not in {cache.root} and training is disabled "
-                f"here. Run `make report` (or `python -m experiments train --profile {profile}`) "
-                "to train it, then commit reports/models/.")
         print(f"[scratchnet] training {name} on {splits.source}", file=sys.stderr, flush=True)
         return train_to(tmp, family, config, profile, splits, name, seed)
 
@@ -211,7 +206,10 @@ def get_trained(family: Family, config: dict, profile: str, seed: int, *, retrai
         # atomically (rename), so a reader sees a whole entry or none
         entry = cache.load(name, key)  # a corrupt entry raises CorruptEntry: an error, not a skip
         if entry is None:
-            build(None)  # raises MissingModel with the command that trains it
+            raise MissingModel(
+                f"{name} ({profile} profile) is not in {cache.root} and training is disabled "
+                f"here. Run `make report` (or `python -m experiments train --profile {profile}`) "
+                "to train it, then commit reports/models/.")
         return TrainedModel(family, config, profile, seed, entry, True)
     entry, hit = cache.get_or_build(name, key, build, force=retrain, stale_before=retrain_since)
     return TrainedModel(family, config, profile, seed, entry, hit)
