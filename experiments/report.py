@@ -54,8 +54,12 @@ def _git_commit() -> str:
         # the report and results.json are being rewritten by this very run: not "changes"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                                 ":(exclude)reports/report.html", ":(exclude)reports/results.json"],
-                               cwd=root, capture_output=True, text=True).stdout.strip()
-        return sha + ("+uncommitted changes" if dirty else "")
+                               cwd=root, capture_output=True, text=True).stdout
+        files = [line[3:] for line in dirty.splitlines() if line.strip()]  # "XY path"
+        if not files:
+            return sha
+        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        return f"{sha}+uncommitted changes to {shown}"
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
 

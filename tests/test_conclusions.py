@@ -164,3 +164,4 @@ def test_selection_follows_the_monitored_validation_metric():
     assert "highest mean validation accuracy" in conclude(study(acc), acc)
     loss = [variant("a", "A", 1, [.5, .6], val=0.71), variant("b", "B", 2, [.9, .9], val=0.70)]
     assert min(loss, key=validation_rank)["variant"] == "b"
+
