@@ -162,8 +162,11 @@ def conclude(study: dict, variants: list[dict]) -> str:
     n_runs = sum(len(v["runs"]) for v in ran)
     over = _runs_flagged(ran, "overfit")
     if over:
+        restored = ("validation accuracy" if ran[0]["validation"]["metric"] == "val_accuracy"
+                    else "validation loss")
         parts.append(f"Validation loss rose after its minimum while training loss kept falling in "
-                     f"{len(over)} of {n_runs} runs (overfitting; early stopping kept the best epoch).")
+                     f"{len(over)} of {n_runs} runs (overfitting; the weights kept are those of "
+                     f"the epoch with the best {restored}).")
     limit = _runs_flagged(ran, "at_epoch_limit")
     if limit:
         parts.append(f"{len(limit)} of {n_runs} runs had their lowest validation loss in the last "

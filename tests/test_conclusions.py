@@ -165,3 +165,15 @@ def test_selection_follows_the_monitored_validation_metric():
     loss = [variant("a", "A", 1, [.5, .6], val=0.71), variant("b", "B", 2, [.9, .9], val=0.70)]
     assert min(loss, key=validation_rank)["variant"] == "b"
 
+
+
+def test_overfitting_sentence_names_what_the_restored_epoch_was_best_at():
+    """Text runs restore the epoch of best validation accuracy, CNN runs of best
+    validation loss: the sentence about rising validation loss must not blur the two."""
+    for metric, restored in (("val_accuracy", "validation accuracy"), ("val_loss", "validation loss")):
+        vs = [variant("a", "A", 1, [.70, .71], flags={"overfit": True}),
+              variant("b", "B", 2, [.72, .73], flags={"overfit": True})]
+        for v in vs:
+            v["validation"] = {"metric": metric, "mean": 0.7}
+        text = conclude(study(vs), vs)
+        assert f"in 4 of 4 runs (overfitting; the weights kept are those of the epoch with the best {restored})" in text
