@@ -66,7 +66,10 @@ class Family:
     ``recipe`` maps profile name -> training settings (epochs, batch_size, ...,
     ``seeds``: every configuration trains once per seed);
     ``load_data()`` returns :class:`experiments.data.Splits`;
-    ``build_model(config, splits)`` returns an uncompiled ``keras.Model``.
+    ``build_model(config, splits)`` returns an uncompiled ``keras.Model``;
+    ``superseded`` maps profile name -> the recipe that ``recipe`` replaced, while the
+    runs of the new one are still being built: the old runs stay in the cache (they back
+    the committed report) and are recognised as such, not as stale entries.
     """
     name: str
     title: str
@@ -75,6 +78,7 @@ class Family:
     recipe: dict
     load_data: Callable[[str], Any]
     build_model: Callable[[dict, Any], Any]
+    superseded: dict = field(default_factory=dict)
 
     def variants(self) -> list[Variant]:
         return [Variant(self, s, v) for s in self.studies for v in s.values]

@@ -48,15 +48,25 @@ def profile_data(family: Family, profile: str):
 SEED_LISTS = ("seeds", "baseline_seeds")
 
 
-def run_recipe(family: Family, profile: str) -> dict:
-    """The training settings of one run: the profile's recipe less its seed lists."""
-    return {k: v for k, v in family.recipe[profile].items() if k not in SEED_LISTS}
+def run_recipe(family: Family, profile: str, recipe: dict | None = None) -> dict:
+    """The training settings of one run: the profile's recipe (or ``recipe``) less its
+    seed lists."""
+    recipe = family.recipe[profile] if recipe is None else recipe
+    return {k: v for k, v in recipe.items() if k not in SEED_LISTS}
 
 
-def config_key(family: Family, config: dict, profile: str, splits, seed: int) -> str:
+def config_key(family: Family, config: dict, profile: str, splits, seed: int,
+               recipe: dict | None = None) -> str:
     return fingerprint({"family": family.name, "config": config, "profile": profile,
-                        "recipe": run_recipe(family, profile), "data": splits.fingerprint,
+                        "recipe": run_recipe(family, profile, recipe), "data": splits.fingerprint,
                         "seed": seed, "format": FORMAT_VERSION})
+
+
+def planned_entries(family: Family, profile: str, splits, recipe: dict | None = None) -> set[str]:
+    """Cache entry names of every planned (config, seed) run under the profile's recipe,
+    or under ``recipe`` (e.g. the superseded one)."""
+    return {entry_name(family, c, config_key(family, c, profile, splits, s, recipe), s)
+            for c, s in family.runs(profile)}
 
 
 def entry_name(family: Family, config: dict, key: str, seed: int) -> str:

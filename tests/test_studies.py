@@ -93,6 +93,22 @@ def test_adding_a_seed_keeps_the_keys_of_runs_already_trained():
     assert config_key(changed, fam.baseline, "full", Splits, 1) != config_key(fam, fam.baseline, "full", Splits, 1)
 
 
+def test_a_superseded_recipe_names_its_own_runs():
+    """While a new recipe is built, the cache test recognises the old recipe's entries by
+    the keys that recipe gives them: the same runs, none shared with the new recipe."""
+    from experiments.training import planned_entries
+
+    class Splits:
+        fingerprint = "data"
+    cnn = next(f for f in all_families() if f.name == "cnn")
+    new = planned_entries(cnn, "full", Splits)
+    old = planned_entries(cnn, "full", Splits, cnn.superseded["full"]) if cnn.superseded else set()
+    same = planned_entries(cnn, "full", Splits, cnn.recipe["full"])
+    assert same == new and len(new) == len(cnn.runs("full"))
+    if cnn.superseded:
+        assert len(old) == len(new) and not (old & new)
+
+
 def test_warmup_cosine_schedule_and_restored_epoch():
     import numpy as np
 

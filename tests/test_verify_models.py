@@ -82,19 +82,21 @@ def test_raw_text_pipeline_matches_keras(pytestconfig, profile, family_name):
 
 
 def test_model_cache_holds_only_planned_runs_of_this_data(family, profile):
-    """Every entry in the cache is a planned run of the current recipe and data.
+    """Every entry in the cache is a planned run of the current recipe and data, or of
+    the recipe it superseded while the new one is being built (``Family.superseded``).
 
     An entry trained on other data (another data fingerprint) or under an older recipe
     is named here, with what to do, instead of silently counting as "not trained"."""
-    from experiments.training import cache_root, config_key, entry_name, profile_data
+    from experiments.training import cache_root, planned_entries, profile_data
 
     root = cache_root(profile)
     entries = sorted(p.name for p in root.glob(f"{family.name}-*") if p.is_dir()) if root.is_dir() else []
     if not entries:
         pytest.skip(f"no {family.name} model in {root} yet")
     splits = profile_data(family, profile)
-    planned = {entry_name(family, c, config_key(family, c, profile, splits, s), s)
-               for c, s in family.runs(profile)}
+    planned = planned_entries(family, profile, splits)
+    if profile in family.superseded:
+        planned |= planned_entries(family, profile, splits, family.superseded[profile])
     stale = [e for e in entries if e not in planned]
     assert not stale, (
         f"{len(stale)} of {len(entries)} {family.name} entries in {root} are not runs of the "
