@@ -188,14 +188,19 @@ def test_cnn_block_with_batchnorm_dropout_and_padding(tmp_path, record_property)
     run_case(m, images((10, 9, 3)), tmp_path, record_property)
 
 
-@pytest.mark.parametrize("where", ["conv", "dense"])
+@pytest.mark.parametrize("where", ["conv", "dense", "axis1"])
 def test_batchnorm_training_mode(where, tmp_path, record_property):
-    """training=True: batch statistics (and Keras' gradient through them)."""
+    """training=True: batch statistics (and Keras' gradient through them); "axis1"
+    normalizes a middle axis (the channel axis is moved last and back)."""
     k = keras()
     if where == "conv":
         body = [k.Input((6, 7, 2)), k.layers.Conv2D(3, 3, padding="same"), k.layers.BatchNormalization(),
                 k.layers.ReLU(), k.layers.Flatten()]
         x = images((6, 7, 2))
+    elif where == "axis1":
+        body = [k.Input((4, 6)), k.layers.Dense(5), k.layers.BatchNormalization(axis=1, momentum=0.9),
+                k.layers.Activation("tanh"), k.layers.Flatten()]
+        x = images((4, 6))
     else:
         body = [k.Input((5,)), k.layers.Dense(4), k.layers.BatchNormalization(center=False),
                 k.layers.Activation("tanh"), k.layers.Dense(4), k.layers.BatchNormalization(scale=False)]
