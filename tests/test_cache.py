@@ -88,3 +88,20 @@ def test_concurrent_processes_build_once(tmp_path):
         p.join(60)
     assert all(p.exitcode == 0 for p in procs)
     assert counter.read_text().count("built") == 1
+
+
+def test_deflate_zip_keeps_every_member_byte_for_byte(tmp_path):
+    import zipfile
+
+    from experiments.cache import deflate_zip
+    path = tmp_path / "model.keras"
+    members = {"config.json": b'{"a": 1}' * 50, "model.weights.h5": bytes(range(256)) * 40}
+    with zipfile.ZipFile(path, "w") as z:  # stored, as Keras writes it
+        for name, data in members.items():
+            z.writestr(name, data)
+    size = path.stat().st_size
+    deflate_zip(path)
+    with zipfile.ZipFile(path) as z:
+        assert {i.filename: z.read(i) for i in z.infolist()} == members
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in z.infolist())
+    assert path.stat().st_size < size
