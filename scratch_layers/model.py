@@ -8,7 +8,7 @@ import numpy as np
 
 from . import activations
 from ._blas import blas_threads, default_workers
-from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D
+from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D, pool2d, tf_max_floor
 from .core import BatchNormalization, Embedding, ReLU
 from .errors import InputError, ModelFileError, ScratchError
 from .recurrent import Bidirectional, RNNBase
@@ -237,11 +237,14 @@ class Model:
                 continue
             if len(step) == 2:
                 conv, pool = step
-                y = pool.forward(conv._conv(x))
+                y = pool2d(conv._conv(x), pool.pool, pool.strides, pool.padding, "max")
+                relu = conv.activation is activations.relu
+                if not relu:
+                    tf_max_floor(y)
                 if conv.bias is not None:
                     y += conv.bias
-                if conv.activation is activations.relu:
-                    np.maximum(y, 0.0, out=y)
+                if relu:  # fmax: a window of only NaN gives relu(lowest + b) = 0, as in Keras
+                    np.fmax(y, 0.0, out=y)
                 x, mask = y, None
                 continue
             layer = step[0]
