@@ -88,12 +88,4 @@ FAMILY = Family(
     },
     load_data=load_cifar10,
     build_model=build_model,
-    # The 12-epoch recipe's 17 runs back the committed report until the 15-epoch build is
-    # complete; then they are deleted from reports/models and this entry goes.
-    superseded={"full": {"epochs": 12, "batch_size": 128, "learning_rate": 2e-3,
-                         "schedule": "warmup_cosine", "warmup_epochs": 1, "patience": 4,
-                         "min_epochs": 3,
-                         "augmentation": f"RandomFlip horizontal, RandomTranslation ±{TRANSLATION:g} (reflect)",
-                         "head": "Flatten -> Dense 128 relu -> Dropout 0.3 -> Dense 10 softmax",
-                         "seeds": (1, 2), "baseline_seeds": (1, 2, 3)}},
 )
