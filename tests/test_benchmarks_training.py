@@ -56,7 +56,7 @@ def test_training_step_speed(benchmark, train_batch, family, impl, request):
         data = list(x) if x.dtype == object else x
         fn = lambda: model.train_on_batch(data, y, opt, augmentation="identity")  # noqa: E731
     benchmark.group = f"{family.name}: one training step on {len(x)} training items"
-    loss = benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
+    loss = benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=2)
     assert float(loss) > 0
     if benchmark.stats is not None:  # None under --benchmark-disable
         s = benchmark.stats.stats

@@ -57,6 +57,9 @@ def test_overfitting_detects_the_epoch_after_the_val_minimum():
     assert o["start_epoch"] == 4 and o["best_val"] == 1.3 and o["last_val"] == 1.5
     assert overfitting({"loss": [2, 1.5, 1.2], "val_loss": [1.9, 1.4, 1.3]}) is None
     assert overfitting({"loss": [2, 1.5, 1.7], "val_loss": [1.9, 1.4, 1.6]}) is None
+    # a last-epoch wobble within 5% of the minimum is not overfitting; just above it is
+    assert overfitting({"loss": [2, 1.5, 1.2], "val_loss": [1.9, 0.822, 0.827]}) is None
+    assert overfitting({"loss": [2, 1.5, 1.2], "val_loss": [1.9, 1.0, 1.051]}) is not None
 
 
 def test_flags_name_artefacts_and_collapse():
