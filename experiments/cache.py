@@ -32,10 +32,14 @@ def deflate_zip(path: Path) -> None:
     uncompressed) with every member deflated, atomically: the same members and bytes,
     about 12% smaller for the committed models."""
     tmp = path.with_name(path.name + ".deflate-tmp")
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
-        for info in src.infolist():
-            dst.writestr(info.filename, src.read(info))
-    os.replace(tmp, path)
+    try:
+        with zipfile.ZipFile(path) as src, \
+                zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info))
+        os.replace(tmp, path)
+    finally:  # a failed rewrite leaves the original and no partial file behind
+        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:
