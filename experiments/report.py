@@ -73,7 +73,9 @@ def environment(config) -> dict:
         versions.update(tensorflow=tf.__version__, keras=keras.__version__)
     except ImportError:
         pass
+    import scratch_layers
     return {"versions": versions, "platform": platform.platform(), "cpus": os.cpu_count(),
+            "blas": scratch_layers.blas_info(),
             "profile": config.scratchnet_profile, "git_commit": _git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "data_dir": os.environ.get(DATA_DIR_ENV) or "download"}
@@ -142,7 +144,7 @@ def pytest_html_results_summary(prefix, summary, postfix, session):
     body += [sections.selected_section(doc, titles, _examples(doc)),
              sections.verification_section(doc, doc["layer_divergence"]),
              sections.recipe_section(doc, titles),
-             sections.benchmark_section(doc["benchmarks"]),
+             sections.benchmark_section(doc["benchmarks"], doc["environment"].get("blas")),
              report_backward.backward_section(_by_kind("backward"), _by_kind("bench_train")),
              sections.provenance_section(doc["environment"], doc), "</div>"]
     postfix.extend(body)

@@ -97,7 +97,8 @@ def answer_section(doc: dict, family_titles: dict) -> str:
                  "its test scores:</p>")
     parts.append(table(["family", "selected configuration", "chosen on (validation, mean)",
                         "test macro-F1, mean ± SD over seeds", "test accuracy (mean)"], rows))
-    parts.append(speed_summary(doc.get("benchmarks", []), doc.get("training_benchmarks", [])))
+    parts.append(speed_summary(doc.get("benchmarks", []), doc.get("training_benchmarks", []),
+                               doc.get("environment", {}).get("blas")))
     return '<div class="answer">' + "".join(parts) + "</div>"
 
 
@@ -116,7 +117,19 @@ def _metric_name(metric: str) -> str:
     return {"val_loss": "val loss", "val_accuracy": "val accuracy"}.get(metric, metric)
 
 
-def speed_summary(benches: list[dict], train_benches: list[dict] = ()) -> str:
+def blas_note(blas: dict | None) -> str:
+    """One sentence on the BLAS kernels scratch_layers' matmuls ran on (Keras' oneDNN
+    picks its own): the ratios depend on them."""
+    if not blas or not blas.get("openblas_core"):
+        return ""
+    forced = blas.get("OPENBLAS_CORETYPE")
+    how = (f"forced by <code>OPENBLAS_CORETYPE={esc(forced)}</code>; an older core than the CPU "
+           "supports makes every matmul slower, see the README's <i>Speed</i>" if forced
+           else "OpenBLAS's own choice for this CPU")
+    return f" NumPy's OpenBLAS ran its <b>{esc(blas['openblas_core'])}</b> kernels ({how})."
+
+
+def speed_summary(benches: list[dict], train_benches: list[dict] = (), blas: dict | None = None) -> str:
     """A small table of scratch / Keras time ratios: forward pass per input kind, and
     one training step, each for the float64 (default) and float32 scratch paths."""
     groups = [(f"{fam}: forward pass, {esc(inputs)}", by) for (fam, inputs), by in _bench_groups(benches)]
@@ -129,7 +142,7 @@ def speed_summary(benches: list[dict], train_benches: list[dict] = ()) -> str:
         return "<p>Speed: no benchmark ran in this session (<code>pytest -m bench</code>).</p>"
     return ("<p>Time of scratch_layers / time of Keras, measured side by side in this run "
             "(pytest-benchmark; <b>below 1 means scratch is faster</b>; details under "
-            '<a href="#benchmarks">Benchmarks</a>):</p>'
+            '<a href="#benchmarks">Benchmarks</a>).' + blas_note(blas) + '</p>'
             + table(["what", "scratch float64 (exact reference)", "scratch float32"], rows))
 
 
@@ -277,10 +290,12 @@ def recipe_section(doc: dict, family_titles: dict) -> str:
     return "".join(out)
 
 
-def benchmark_section(benches: list[dict]) -> str:
+def benchmark_section(benches: list[dict], blas: dict | None = None) -> str:
     out = ['<h2 id="benchmarks">Benchmarks: forward pass over the whole test split</h2>']
     if not benches:
         return out[0] + "<p>No benchmarks ran in this session (select them with <code>-m bench</code>).</p>"
+    if blas_note(blas):
+        out.append("<p>" + blas_note(blas).strip() + "</p>")
     rows = []
     for (fam, inputs), by in _bench_groups(benches):
         k = by.get("keras")
@@ -293,11 +308,20 @@ def benchmark_section(benches: list[dict]) -> str:
     return "".join(out)
 
 
+def _blas_cell(blas: dict | None) -> str:
+    if not blas or not blas.get("openblas_core"):
+        return "unknown (OpenBLAS not found)"
+    forced = blas.get("OPENBLAS_CORETYPE")
+    return f"OpenBLAS {esc(blas['openblas_core'])}" + (
+        f" (forced by OPENBLAS_CORETYPE={esc(forced)})" if forced else " (its own choice)")
+
+
 def provenance_section(env: dict, doc: dict) -> str:
     v = env["versions"]
     rows = [["Python / TensorFlow / Keras / NumPy",
              " / ".join(v.get(k, "?") for k in ("python", "tensorflow", "keras", "numpy"))],
             ["platform", f"{esc(env['platform'])}, {env['cpus']} CPUs"],
+            ["NumPy BLAS kernels", _blas_cell(env.get("blas"))],
             ["profile", env["profile"]], ["git commit", esc(env["git_commit"])],
             ["date (UTC)", env["date"]]]
     seen = set()

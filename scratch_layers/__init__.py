@@ -8,6 +8,7 @@
 
 Never imports TensorFlow or Keras (NumPy + h5py only).
 """
+from ._blas import blas_info
 from .errors import (InputError, ModelFileError, NoBackwardError, ScratchError,
                      UnsupportedLayerError)
 from .loading import load_model
@@ -15,6 +16,6 @@ from .model import Model, first_divergence
 from .registry import REGISTRY
 from .training import Adam
 
-__all__ = ["load_model", "Model", "first_divergence", "REGISTRY", "Adam", "ScratchError",
+__all__ = ["load_model", "blas_info", "Model", "first_divergence", "REGISTRY", "Adam", "ScratchError",
            "InputError", "ModelFileError", "UnsupportedLayerError", "NoBackwardError"]
 __version__ = "0.1.0"

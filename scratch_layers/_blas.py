@@ -36,12 +36,27 @@ def _find():
         for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
             set_f = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
             get_f = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            core_f = getattr(lib, f"{prefix}_get_corename{suffix}", None)
             if set_f is not None and get_f is not None:
                 set_f.argtypes = [ctypes.c_int]
                 get_f.restype = ctypes.c_int
-                _funcs = (set_f, get_f)
+                if core_f is not None:
+                    core_f.restype = ctypes.c_char_p
+                _funcs = (set_f, get_f, core_f)
                 return _funcs
     return _funcs
+
+
+def blas_info():
+    """What NumPy's matmuls run on: ``{"openblas_core": the kernel family OpenBLAS chose
+    when it loaded (e.g. "SkylakeX" for AVX-512, "Haswell" for AVX2; None when OpenBLAS
+    is not found), "OPENBLAS_CORETYPE": that environment variable (None when unset), which
+    forces the choice}``. A forced older core (e.g. Haswell on an AVX-512 CPU) runs the
+    matmuls at about half speed; nothing here changes it, since OpenBLAS reads the
+    variable only when NumPy is first imported."""
+    funcs = _find()
+    core = funcs[2]().decode("ascii", "replace") if funcs and funcs[2] is not None else None
+    return {"openblas_core": core, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
 
 
 _depth = 0
@@ -59,7 +74,7 @@ def blas_threads(n):
     if not funcs:
         yield
         return
-    set_f, get_f = funcs
+    set_f, get_f, _ = funcs
     with _lock:
         if _depth == 0:
             _saved = get_f()

@@ -19,3 +19,26 @@ def test_provenance_names_the_uncommitted_files(monkeypatch, status, expected):
         return SimpleNamespace(stdout="abc123\n" if "rev-parse" in cmd else status)
     monkeypatch.setattr(report.subprocess, "run", fake_run)
     assert report._git_commit() == expected
+
+
+@pytest.mark.parametrize("blas,expected", [
+    ({"openblas_core": "SkylakeX", "OPENBLAS_CORETYPE": None},
+     "OpenBLAS's own choice for this CPU"),
+    ({"openblas_core": "Haswell", "OPENBLAS_CORETYPE": "Haswell"},
+     "forced by <code>OPENBLAS_CORETYPE=Haswell</code>"),
+])
+def test_speed_ratios_name_the_blas_kernels(blas, expected):
+    """The speed ratios depend on which OpenBLAS kernels NumPy ran: the summary, the
+    benchmark section and the provenance table say which, and whether they were forced."""
+    from experiments import report_html as html
+    bench = [{"family": "cnn", "impl": impl, "model": "m", "n_items": 10, "mean": t, "min": t, "rounds": 3}
+             for impl, t in (("keras", 2.0), ("scratch", 3.0), ("scratch_float32", 1.0))]
+    summary = html.speed_summary(bench, (), blas)
+    assert f"<b>{blas['openblas_core']}</b> kernels" in summary and expected in summary
+    assert "1.50×" in summary and "0.50×" in summary
+    assert expected in html.benchmark_section(bench, blas)
+    env = {"versions": {}, "platform": "p", "cpus": 2, "profile": "full", "git_commit": "c",
+           "date": "d", "blas": blas}
+    prov = html.provenance_section(env, {"variants": []})
+    assert f"OpenBLAS {blas['openblas_core']}" in prov
+    assert ("forced by OPENBLAS_CORETYPE" in prov) == bool(blas["OPENBLAS_CORETYPE"])

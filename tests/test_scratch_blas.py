@@ -40,3 +40,21 @@ def test_block_sum_and_matmuls_equal_the_unsplit_results(two_workers):
     np.testing.assert_allclose(_blas.rows_matmul(a, b, bias), a @ b + bias, rtol=1e-13)
     c = rng.normal(size=(len(a), 4))
     np.testing.assert_allclose(_blas.rows_matmul_tn(a, c), a.T @ c, rtol=1e-12)
+
+
+def test_blas_info_names_the_kernels_threadpoolctl_sees():
+    """blas_info() reads OpenBLAS's kernel choice through ctypes; threadpoolctl, an
+    independent reader, must see the same core, and the forcing variable is reported."""
+    import os
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    info = _blas.blas_info()
+    openblas = [i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "openblas"
+                and "numpy" in i["filepath"]]
+    if not openblas:
+        assert info["openblas_core"] is None
+        return
+    assert info["openblas_core"] == openblas[0]["architecture"]
+    assert info["OPENBLAS_CORETYPE"] == os.environ.get("OPENBLAS_CORETYPE")
+    if info["OPENBLAS_CORETYPE"]:  # OpenBLAS honours the variable (case-insensitively)
+        assert info["openblas_core"].lower() == info["OPENBLAS_CORETYPE"].lower()
