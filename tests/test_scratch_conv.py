@@ -364,6 +364,29 @@ def test_predict_independent_of_workers_and_chunks(tmp_path):
     np.testing.assert_allclose(a, c, rtol=0, atol=1e-14)
 
 
+def test_blockwise_conv_in_predict_equals_the_whole_chunk(tmp_path, monkeypatch):
+    """predict convolves a chunk in blocks of images (the fused Conv2D -> MaxPooling2D
+    step, blocks bounded by CONV_BLOCK_BYTES); blocks of 1, 3 (ragged last block) and
+    all 10 images give the same output, and the chunk is sized by the pooled outputs."""
+    import scratch_layers.model as model_mod
+    from keras_factories import randomize_weights, save_load
+    k = keras()
+    m = randomize_weights(cifar_cnn(k, "max", False, "flatten", filters=(4, 8)))
+    sm, _ = save_load(m, tmp_path)
+    x = np.random.default_rng(13).uniform(0, 1, size=(10, 32, 32, 3))
+    per_image = 32 * 32 * 3 * 3 * 3 * 8  # conv1's im2col bytes for one float64 image
+    outs = []
+    for images in (1, 3, 10):
+        monkeypatch.setattr(model_mod, "CONV_BLOCK_BYTES", images * per_image)
+        outs.append(sm.predict(x))
+    np.testing.assert_allclose(outs[0], outs[2], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(outs[1], outs[2], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(outs[2], m.predict(x.astype("float32"), verbose=0), atol=1e-5, rtol=1e-5)
+    assert len(sm._plan[2]) == 2, "Conv2D(relu) -> MaxPooling2D is one fused step"
+    largest_kept = 32 * 32 * 3 * 8  # the input, bytes per image (not conv1's output + im2col)
+    assert sm._chunk_size(np.zeros((1, 32, 32, 3))) == model_mod.CHUNK_BUDGET_BYTES // largest_kept
+
+
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_nested_sequential_blocks_are_inlined(fmt, tmp_path, record_property):
     k = keras()
