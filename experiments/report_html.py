@@ -117,6 +117,18 @@ def _metric_name(metric: str) -> str:
     return {"val_loss": "val loss", "val_accuracy": "val accuracy"}.get(metric, metric)
 
 
+def typical(b: dict) -> float:
+    """A benchmark's typical time: the median of its rounds (one slow round, common on a
+    shared machine, moves a mean of 3-5 rounds by 10-30%); the mean for records that
+    predate the median."""
+    return b.get("median", b["mean"])
+
+
+def ratio(b: dict, keras: dict | None) -> str:
+    """time(b) / time(Keras), both typical (median) times; "n/a" without Keras."""
+    return f"{typical(b) / typical(keras):.2f}×" if keras else "n/a"
+
+
 def blas_note(blas: dict | None) -> str:
     """One sentence on the BLAS kernels scratch_layers' matmuls ran on (Keras' oneDNN
     picks its own): the ratios depend on them."""
@@ -135,13 +147,13 @@ def speed_summary(benches: list[dict], train_benches: list[dict] = (), blas: dic
     groups = [(f"{fam}: forward pass, {esc(inputs)}", by) for (fam, inputs), by in _bench_groups(benches)]
     groups += [(f"{fam}: one training step (train_on_batch)", by)
                for (fam, _), by in _bench_groups(list(train_benches))]
-    rows = [[what] + [f"<b>{by[impl]['mean'] / by['keras']['mean']:.2f}×</b>" if impl in by else "n/a"
+    rows = [[what] + [f"<b>{ratio(by[impl], by['keras'])}</b>" if impl in by else "n/a"
                       for impl in ("scratch", "scratch_float32")]
             for what, by in groups if "keras" in by]
     if not rows:
         return "<p>Speed: no benchmark ran in this session (<code>pytest -m bench</code>).</p>"
-    return ("<p>Time of scratch_layers / time of Keras, measured side by side in this run "
-            "(pytest-benchmark; <b>below 1 means scratch is faster</b>; details under "
+    return ("<p>Time of scratch_layers / time of Keras, medians of rounds measured side by "
+            "side in this run (pytest-benchmark; <b>below 1 means scratch is faster</b>; details under "
             '<a href="#benchmarks">Benchmarks</a>).' + blas_note(blas) + '</p>'
             + table(["what", "scratch float64 (exact reference)", "scratch float32"], rows))
 
@@ -300,11 +312,11 @@ def benchmark_section(benches: list[dict], blas: dict | None = None) -> str:
     for (fam, inputs), by in _bench_groups(benches):
         k = by.get("keras")
         for impl, b in sorted(by.items()):
-            ratio = f"{b['mean'] / k['mean']:.2f}×" if k else "n/a"
-            rows.append([fam, esc(inputs), esc(impl), esc(b["model"]), b["n_items"], f"{b['mean']:.3f} s",
-                         f"{b['min']:.3f} s", ratio, b.get("rounds", "")])
-    out.append(table(["family", "inputs", "implementation", "model", "items", "mean", "min",
-                      "time / Keras (below 1: faster)", "rounds"], rows))
+            rows.append([fam, esc(inputs), esc(impl), esc(b["model"]), b["n_items"],
+                         f"{typical(b):.3f} s", f"{b['mean']:.3f} s", f"{b['min']:.3f} s",
+                         ratio(b, k), b.get("rounds", "")])
+    out.append(table(["family", "inputs", "implementation", "model", "items", "median", "mean", "min",
+                      "time / Keras, medians (below 1: faster)", "rounds"], rows))
     return "".join(out)
 
 

@@ -22,7 +22,7 @@ def _record(benchmark, request, family, impl, model, n_items, inputs="test split
     if benchmark.stats is not None:  # None under --benchmark-disable
         s = benchmark.stats.stats
         record(request, "bench", family=family.name, impl=impl, model=model, inputs=inputs,
-               n_items=n_items, mean=s.mean, min=s.min, rounds=s.rounds)
+               n_items=n_items, mean=s.mean, median=s.median, min=s.min, rounds=s.rounds)
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,7 @@ def test_forward_speed(benchmark, bench_models, family, impl, request):
         data = list(x) if x.dtype == object else x
         fn = lambda: scratch_model.predict(data)  # noqa: E731
     benchmark.group = f"{family.name}: forward pass over {len(x)} test items"
-    out = benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+    out = benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
     assert out.shape == (len(x), len(family.load_data().class_names))
     if impl != "keras":  # the timed outputs are Keras' own, to the project tolerance
         ref = request.getfixturevalue("keras_reference")
@@ -99,6 +99,6 @@ def test_forward_speed_scattered_padding(benchmark, scattered_ids_models, family
         m = scratch_layers.load_model(path, dtype="float32" if impl == "scratch_float32" else "float64")
         fn = lambda: m.predict(ids)  # noqa: E731
     benchmark.group = f"{family.name}: forward pass, {SCATTERED}"
-    out = benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+    out = benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
     assert out.shape == (len(ids), len(family.load_data().class_names))
     _record(benchmark, request, family, impl, tm.entry.path.name, len(ids), SCATTERED)

@@ -61,4 +61,4 @@ def test_training_step_speed(benchmark, train_batch, family, impl, request):
     if benchmark.stats is not None:  # None under --benchmark-disable
         s = benchmark.stats.stats
         record(request, "bench_train", family=family.name, impl=impl, model=tm.entry.path.name,
-               batch=len(x), mean=s.mean, min=s.min, rounds=s.rounds)
+               batch=len(x), mean=s.mean, median=s.median, min=s.min, rounds=s.rounds)

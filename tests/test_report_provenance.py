@@ -42,3 +42,17 @@ def test_speed_ratios_name_the_blas_kernels(blas, expected):
     prov = html.provenance_section(env, {"variants": []})
     assert f"OpenBLAS {blas['openblas_core']}" in prov
     assert ("forced by OPENBLAS_CORETYPE" in prov) == bool(blas["OPENBLAS_CORETYPE"])
+
+
+def test_speed_ratios_are_ratios_of_medians():
+    """One slow round (common on a shared machine) must not move the ratio: the report
+    divides medians of rounds; a record without a median (older results) uses its mean."""
+    from experiments import report_html as html
+    keras = {"family": "cnn", "impl": "keras", "model": "m", "n_items": 10, "mean": 3.0, "median": 2.0,
+             "min": 1.9, "rounds": 5}
+    scratch = dict(keras, impl="scratch", mean=3.0, median=3.0, min=2.9)
+    old = dict(keras, impl="scratch_float32", mean=1.0)
+    del old["median"]
+    summary = html.speed_summary([keras, scratch, old])
+    assert "<b>1.50×</b>" in summary and "<b>0.50×</b>" in summary
+    assert html.ratio(scratch, None) == "n/a"
