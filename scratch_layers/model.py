@@ -223,8 +223,9 @@ class Model:
             size = np.asarray(y).size
             if id(layer) in self._blocked:
                 # convolved block by block in predict (_conv_then_max_pool): only the
-                # pooled output is held whole
-                per = max(per, size if isinstance(layer, MaxPooling2D) else 0)
+                # step's input and its pooled output are held whole
+                held = np.asarray(h).size if isinstance(layer, Conv2D) else 0
+                per = max(per, held, size if isinstance(layer, MaxPooling2D) else 0)
                 h = y
                 continue
             if isinstance(layer, (Conv2D, DepthwiseConv2D)):

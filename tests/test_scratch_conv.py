@@ -385,6 +385,12 @@ def test_blockwise_conv_in_predict_equals_the_whole_chunk(tmp_path, monkeypatch)
     assert len(sm._plan[2]) == 2, "Conv2D(relu) -> MaxPooling2D is one fused step"
     largest_kept = 32 * 32 * 3 * 8  # the input, bytes per image (not conv1's output + im2col)
     assert sm._chunk_size(np.zeros((1, 32, 32, 3))) == model_mod.CHUNK_BUDGET_BYTES // largest_kept
+    # the same when the fused step is the model's first: its input still counts
+    first, _ = save_load(k.Sequential([k.Input((32, 32, 3)), k.layers.Conv2D(4, 3, activation="relu"),
+                                       k.layers.MaxPooling2D(), k.layers.Flatten(), k.layers.Dense(2)]),
+                         tmp_path, name="first")
+    assert len(first._plan[0]) == 2
+    assert first._chunk_size(np.zeros((1, 32, 32, 3))) == model_mod.CHUNK_BUDGET_BYTES // largest_kept
 
 
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
