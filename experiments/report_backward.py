@@ -14,7 +14,7 @@ Built from the records ``tests/test_backward_models.py`` attaches with
 from __future__ import annotations
 
 from . import figures
-from .report_html import esc as _esc, ratio, table as _table, typical
+from .report_html import esc as _esc, ratio, table as _table
 
 
 def _num(v) -> str:
@@ -74,7 +74,7 @@ def backward_section(records: list[dict], benches: list[dict]) -> str:
             by = {b["impl"]: b for b in benches if b["family"] == fam}
             k = by.get("keras")
             for impl, b in sorted(by.items()):
-                rows.append([_esc(fam), _esc(impl), b["batch"], f"{typical(b) * 1e3:.1f} ms",
+                rows.append([_esc(fam), _esc(impl), b["batch"], f"{b['median'] * 1e3:.1f} ms",
                              f"{b['mean'] * 1e3:.1f} ms", f"{b['min'] * 1e3:.1f} ms", ratio(b, k)])
         out.append(_table(["family", "implementation", "batch", "median", "mean", "min",
                            "time / Keras, medians"], rows))

@@ -117,16 +117,10 @@ def _metric_name(metric: str) -> str:
     return {"val_loss": "val loss", "val_accuracy": "val accuracy"}.get(metric, metric)
 
 
-def typical(b: dict) -> float:
-    """A benchmark's typical time: the median of its rounds (one slow round, common on a
-    shared machine, moves a mean of 3-5 rounds by 10-30%); the mean for records that
-    predate the median."""
-    return b.get("median", b["mean"])
-
-
 def ratio(b: dict, keras: dict | None) -> str:
-    """time(b) / time(Keras), both typical (median) times; "n/a" without Keras."""
-    return f"{typical(b) / typical(keras):.2f}×" if keras else "n/a"
+    """time(b) / time(Keras), medians of their rounds (one slow round, common on a shared
+    machine, moves a mean of 3-5 rounds by 10-30%); "n/a" without Keras."""
+    return f"{b['median'] / keras['median']:.2f}×" if keras else "n/a"
 
 
 def blas_note(blas: dict | None) -> str:
@@ -306,14 +300,15 @@ def benchmark_section(benches: list[dict], blas: dict | None = None) -> str:
     out = ['<h2 id="benchmarks">Benchmarks: forward pass over the whole test split</h2>']
     if not benches:
         return out[0] + "<p>No benchmarks ran in this session (select them with <code>-m bench</code>).</p>"
-    if blas_note(blas):
-        out.append("<p>" + blas_note(blas).strip() + "</p>")
+    note = blas_note(blas)
+    if note:
+        out.append("<p>" + note.strip() + "</p>")
     rows = []
     for (fam, inputs), by in _bench_groups(benches):
         k = by.get("keras")
         for impl, b in sorted(by.items()):
             rows.append([fam, esc(inputs), esc(impl), esc(b["model"]), b["n_items"],
-                         f"{typical(b):.3f} s", f"{b['mean']:.3f} s", f"{b['min']:.3f} s",
+                         f"{b['median']:.3f} s", f"{b['mean']:.3f} s", f"{b['min']:.3f} s",
                          ratio(b, k), b.get("rounds", "")])
     out.append(table(["family", "inputs", "implementation", "model", "items", "median", "mean", "min",
                       "time / Keras, medians (below 1: faster)", "rounds"], rows))

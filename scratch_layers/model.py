@@ -21,9 +21,8 @@ CHUNK_BUDGET_BYTES = 8 * 2 ** 20
 RNN_CHUNK_BUDGET_BYTES = 64 * 2 ** 20
 MAX_CHUNK = 4096
 # im2col buffer per block of images in predict's fused Conv2D -> MaxPooling2D step (see
-# _conv_then_max_pool); the chunk itself is then sized by the activations held whole.
-# Measured on the CIFAR baseline (10k images, median of 6): float64 predict 9-12% faster
-# than one im2col per 11-image chunk (its Dense layers get 128-row matmuls), float32 +-4%.
+# _conv_then_max_pool): the patches stay in the CPU cache, while the chunk is sized by the
+# activations held whole (128 CIFAR images, so the Dense layers get 128-row matmuls).
 CONV_BLOCK_BYTES = 2 ** 21
 # The NaN/inf check reads the input in blocks of this size (its boolean temporaries
 # stay small however large the input is).
@@ -51,7 +50,7 @@ class Model:
         self.n_workers = default_workers()
         self._recurrent = any(isinstance(l, (RNNBase, Bidirectional)) for l in self.layers)
         self.dtype = np.dtype(np.float64)
-        self._plan = self._fuse()
+        self._plan, self._blocked = self._fuse()
         first = self.layers[0] if self.layers else None
         if isinstance(first, TextVectorization):
             self.input_kind = "string"
@@ -81,7 +80,7 @@ class Model:
         for layer in self.layers:
             _cast_layer(layer, dtype, set())
         self.dtype = dtype
-        self._plan = self._fuse()
+        self._plan, self._blocked = self._fuse()
         self._chunks = {}
         return self
 
@@ -123,7 +122,9 @@ class Model:
         return np.zeros((1,) + dims, dtype), None not in shape[1:]
 
     def _fuse(self):
-        """Execution plan for predict(): the same maths as the layers, fewer passes.
+        """``(plan, blocked)``: the execution plan for predict(), the same maths as the
+        layers with fewer passes, and the ids of the layers its fused convolutions run
+        block by block (the chunk size need not hold their outputs whole).
 
         * Conv2D(linear) -> BatchNormalization -> ReLU folds into one Conv2D: BN at
           inference is ``y * mul + add`` per channel, so ``conv(x, W) * mul + add ==
@@ -135,7 +136,7 @@ class Model:
           of images (_conv_then_max_pool), so only the pooled output is held whole.
         * Embedding -> RNN folds the table into the RNN's input projection."""
         plan, i = [], 0
-        self._blocked = set()  # ids of the layers convolved block by block (see _fit_chunk)
+        blocked = set()  # ids of the layers convolved block by block (see _fit_chunk)
         while i < len(self.layers):
             a = self.layers[i]
             b = self.layers[i + 1] if i + 1 < len(self.layers) else None
@@ -150,12 +151,12 @@ class Model:
             if (isinstance(a, Conv2D) and isinstance(b, MaxPooling2D)
                     and a.activation in (activations.relu, activations.linear)):
                 plan.append((a, b))
-                self._blocked.update(id(l) for l in self.layers[i:i + used + 1])
+                blocked.update(id(l) for l in self.layers[i:i + used + 1])
                 i += used + 1
             else:
                 plan.append((a,))
                 i += used
-        return plan
+        return plan, blocked
 
     # ------------------------------------------------------------------ input
     def _prepare(self, x, allow_nonfinite=False):
@@ -374,7 +375,7 @@ class Model:
                 layer.set_weights([np.array(w, dtype=self.dtype) for w in weights[i:i + n]])
                 _cast_layer(layer, self.dtype, set())
             i += n
-        self._plan = self._fuse()
+        self._plan, self._blocked = self._fuse()
         self._chunks = {}
 
     def loss_and_gradients(self, x, y, training=False, seed=None, augmentation="error"):

@@ -367,7 +367,8 @@ def test_predict_independent_of_workers_and_chunks(tmp_path):
 def test_blockwise_conv_in_predict_equals_the_whole_chunk(tmp_path, monkeypatch):
     """predict convolves a chunk in blocks of images (the fused Conv2D -> MaxPooling2D
     step, blocks bounded by CONV_BLOCK_BYTES); blocks of 1, 3 (ragged last block) and
-    all 10 images give the same output, and the chunk is sized by the pooled outputs."""
+    all 10 images give the same output, and the chunk is sized by the activations held
+    whole (here the input), not by conv1's output and im2col."""
     import scratch_layers.model as model_mod
     from keras_factories import randomize_weights, save_load
     k = keras()

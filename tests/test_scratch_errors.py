@@ -302,6 +302,29 @@ def test_predict_memory_is_bounded_on_a_large_input(tmp_path, monkeypatch, dtype
     assert peak < 2 * output + 6 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MiB above the input"
 
 
+@pytest.mark.parametrize("dtype,bound_mib", [("float64", 40), ("float32", 24)])
+def test_predict_memory_of_the_study_cnn_does_not_grow_with_the_batch(tmp_path, dtype, bound_mib):
+    """The study CNN's shape (3 x Conv2D -> BatchNormalization -> ReLU -> MaxPooling2D,
+    Dense 128, Dense 10) on two worker threads: the peak above the input stays under the
+    bound the scratch_layers README states, and is the same for 600 and 2,400 images
+    (chunks of 128 images; each fused conv holds at most CONV_BLOCK_BYTES of patches)."""
+    k = keras()
+    blocks = [l for f in (32, 64, 128) for l in (
+        k.layers.Conv2D(f, 3, padding="same", use_bias=False), k.layers.BatchNormalization(),
+        k.layers.ReLU(), k.layers.MaxPooling2D())]
+    m = k.Sequential([k.Input((32, 32, 3)), *blocks, k.layers.Flatten(),
+                      k.layers.Dense(128, activation="relu"), k.layers.Dense(10, activation="softmax")])
+    _, path = save_load(m, tmp_path)
+    sm = scratch_layers.load_model(path, dtype=dtype)
+    sm.n_workers = 2
+    x = np.random.default_rng(0).random((2400, 32, 32, 3), dtype=np.float32)
+    sm.predict(x[:300])
+    small, large = (_peak_extra(lambda: sm.predict(x[:n])) for n in (600, 2400))
+    output_growth = 1800 * 10 * np.dtype(dtype).itemsize
+    assert large < bound_mib * 2 ** 20, f"peak {large / 2 ** 20:.1f} MiB above the input"
+    assert large - small < output_growth + 2 ** 20, (small, large)
+
+
 def test_chunk_size_follows_each_calls_input_length(tmp_path, monkeypatch):
     """A short first call must not fix the chunk size for a later, 200x longer input."""
     import scratch_layers.model as model_mod
