@@ -19,6 +19,7 @@ class Layer:
 
     supports_masking = False
     n_weights = 0
+    multi_input = False  # see MultiInputLayer
 
     def __init__(self, config, weights, class_name=None):
         self.config = config
@@ -43,6 +44,20 @@ class Layer:
 
     def compute_mask(self, x, mask):
         return mask if self.supports_masking else None
+
+    def split_call(self, args, kwargs):
+        """A single-input layer's call: ``layer(x)`` (the ``mask`` kwarg Keras records is the
+        mask of ``x`` itself, which the executor propagates)."""
+        if len(args) != 1 or not is_tensor(args[0]):
+            raise UnsupportedLayerError(
+                f"{self.class_name} layer '{self.name}' is called on {str(args)[:120]}; it takes "
+                "exactly one tensor")
+        extra = [k for k, v in kwargs.items() if k not in ("mask", "training") and _has_tensor(v)]
+        if extra:
+            raise UnsupportedLayerError(f"{self.class_name} layer '{self.name}' receives tensors "
+                                        f"through {extra}, which scratch_layers does not support")
+        return [args[0]], {}
+
 
     def __call__(self, x, mask=None):
         return self.forward(x, mask)
@@ -172,3 +187,61 @@ class KeepsInputOutput:
         y = self.forward(x, mask)
         self._saved = (x, y)
         return y
+
+
+class TensorRef:
+    """A reference, in a Functional config, to the output of a node: ``(layer name,
+    node_index, tensor_index)`` (``keras_history``). :meth:`Layer.split_call` receives
+    a call's ``args``/``kwargs`` with every ``__keras_tensor__`` replaced by one of these."""
+    __slots__ = ("layer", "node_index", "tensor_index")
+
+    def __init__(self, layer, node_index=0, tensor_index=0):
+        self.layer, self.node_index, self.tensor_index = layer, node_index, tensor_index
+
+    def key(self):
+        return (self.layer, self.node_index, self.tensor_index)
+
+    def __repr__(self):
+        return f"TensorRef{self.key()}"
+
+
+def is_tensor(obj):
+    return isinstance(obj, TensorRef)
+
+
+class MultiInputLayer(Layer):
+    """A layer called on several tensors (merges, attention, operation nodes).
+
+    The graph executor calls ``forward(xs, masks, **options)``: ``xs`` the input arrays in
+    the order :meth:`split_call` gave (None for an absent optional input), ``masks`` their
+    Keras masks (None each when absent), ``options`` the call's non-tensor arguments.
+    ``compute_mask(xs, masks, **options)`` gives the output mask (default: None).
+    Training: ``forward_train(xs, masks, ctx, **options)`` and
+    ``backward(dy, need_dx=True) -> (dxs, grads)`` with one dx per input (None where it
+    has no gradient or is absent)."""
+
+    multi_input = True
+
+    def split_call(self, args, kwargs):
+        """Keras call ``(args, kwargs)`` -> ``(inputs, options)``: the tensors this call
+        reads, as a list of :class:`TensorRef` (None for an absent optional input), and
+        its non-tensor options. Default: Keras' merge call ``layer([a, b, ...])``."""
+        inputs = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
+        if not inputs or not all(is_tensor(t) for t in inputs):
+            raise ModelFileError(f"{self.class_name} layer '{self.name}': expected to be called on "
+                                 f"a list of tensors, got {str(args)[:120]}")
+        return list(inputs), {}
+
+    def compute_mask(self, xs, masks, **options):
+        return None
+
+
+def _has_tensor(obj):
+    if is_tensor(obj):
+        return True
+    if isinstance(obj, dict):
+        return any(_has_tensor(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_tensor(v) for v in obj)
+    return False
+

@@ -1,7 +1,7 @@
 """THE registry: Keras class name -> constructor ``(config, weights, class_name) -> Layer``.
 
 Adding a layer = writing a small Layer subclass and one entry here."""
-from . import conv, core, recurrent, text
+from . import attention, conv, conv_extra, core, layers_extra, recurrent, text
 
 # Layers that are the identity at inference time (training-only noise, augmentation,
 # regularisation). Keras runs them with training=False inside predict().
@@ -47,6 +47,9 @@ REGISTRY.update({
     "Bidirectional": recurrent.Bidirectional,
     "TextVectorization": text.TextVectorization,
 })
+# modules that declare their own LAYERS table
+for _module in (conv_extra, layers_extra, attention):
+    REGISTRY.update(_module.LAYERS)
 
 # Layers we refuse with a specific explanation.
 REFUSED = {

@@ -82,7 +82,7 @@ FAMILY = Family(
                  "warmup_epochs": 1, "patience": 15, "min_epochs": 3,
                  "augmentation": f"RandomFlip horizontal, RandomTranslation ±{TRANSLATION:g} (reflect)",
                  "head": "Flatten -> Dense 128 relu -> Dropout 0.3 -> Dense 10 softmax",
-                 "seeds": (1, 2), "baseline_seeds": (1, 2, 3)},
+                 "seeds": (1, 2, 3)},
         "smoke": {"epochs": 1, "batch_size": 64, "learning_rate": 1e-3, "schedule": "constant",
                   "patience": 0, "seeds": (1,)},
     },

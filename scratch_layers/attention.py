@@ -1,0 +1,3 @@
+"""Attention layers and TimeDistributed (forward and backward)."""
+
+LAYERS = {}  # Keras class name -> constructor, merged into registry.REGISTRY
