@@ -245,15 +245,73 @@ class Conv1D(Conv2D):
         return x[:, None], explicit
 
 
+def depthwise_geometry(x_shape, k_shape, strides, padding, dilation):
+    """``(ho, wo, pads)`` of a depthwise convolution (the same as :func:`conv_geometry`)."""
+    return conv_geometry(x_shape, k_shape, strides, padding, dilation)
+
+
+def _offset_slab(a, b, strides, dilation, ho, wo):
+    """Index of the strided (ho, wo) slab of the padded input that kernel offset (a, b)
+    reads: rows a*dh + i*sh, columns b*dw + j*sw."""
+    (sh, sw), (dh, dw) = strides, dilation
+    return (slice(None), slice(a * dh, a * dh + (ho - 1) * sh + 1, sh),
+            slice(b * dw, b * dw + (wo - 1) * sw + 1, sw))
+
+
+def depthwise_conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1)):
+    """Depthwise 2-D convolution as TF computes it: x (N, H, W, C), kernel (kh, kw, C, M)
+    -> (N, Ho, Wo, C*M), output channel c*M + m:
+    y[n, i, j, c, m] = sum_{a,b} xpad[n, i*sh + a*dh, j*sw + b*dw, c] * kernel[a, b, c, m].
+    One broadcast multiply-add per kernel offset. Returns (y, xpad)."""
+    n = x.shape[0]
+    kh, kw, c, m = kernel.shape
+    ho, wo, pads = depthwise_geometry(x.shape, kernel.shape, strides, padding, dilation)
+    xp = pad2d(x, pads)
+    y = np.zeros((n, ho, wo, c, m), np.result_type(x, kernel))
+    for a in range(kh):
+        for b in range(kw):
+            patch = xp[_offset_slab(a, b, strides, dilation, ho, wo)]
+            y += patch[..., None] * kernel[a, b]
+    return y.reshape(n, ho, wo, c * m), xp
+
+
+def depthwise_conv2d_backward(xp, x_shape, kernel, dz, strides, padding, dilation, need_dx=True):
+    """Gradients of :func:`depthwise_conv2d` (``xp`` its padded input, ``dz`` dL/dy as
+    (N, Ho, Wo, C*M)): per kernel offset (a, b), with the slab P = xpad[:, a*dh::sh, b*dw::sw]
+    (ho x wo), dK[a, b, c, m] = sum_{n,i,j} P[n, i, j, c] dz[n, i, j, c, m] and
+    dxpad[slab] += sum_m dz[..., c, m] K[a, b, c, m]; the pads are cut from dxpad.
+    Returns (dK, dx or None)."""
+    n, h, w, c = x_shape
+    kh, kw, _, m = kernel.shape
+    ho, wo, ((pt, _), (pl, _)) = depthwise_geometry(x_shape, kernel.shape, strides, padding, dilation)
+    dz5 = dz.reshape(n, ho, wo, c, m)
+    dk = np.empty(kernel.shape, dz.dtype)
+    dxp = np.zeros(xp.shape, dz.dtype) if need_dx else None
+    for a in range(kh):
+        for b in range(kw):
+            slab = _offset_slab(a, b, strides, dilation, ho, wo)
+            dk[a, b] = np.einsum("nijc,nijcm->cm", xp[slab], dz5, optimize=True)
+            if need_dx:
+                if m == 1:
+                    dxp[slab] += dz5[..., 0] * kernel[a, b, :, 0]
+                else:
+                    dxp[slab] += np.einsum("nijcm,cm->nijc", dz5, kernel[a, b], optimize=True)
+    dx = None if dxp is None else dxp[:, pt:pt + h, pl:pl + w]
+    return dk, dx
+
+
 class DepthwiseConv2D(Layer):
     """Depthwise conv: each input channel convolved with its own depth_multiplier filters.
-    kernel (kh, kw, C, M) -> output channels ordered c*M + m (as TF)."""
+    kernel (kh, kw, C, M) -> output channels ordered c*M + m (as TF); see
+    :func:`depthwise_conv2d`. Backward: :func:`depthwise_conv2d_backward`."""
+
+    spatial = 2
 
     @classmethod
     def weight_shapes(cls, config):
         """kernel (kh, kw, in, depth_multiplier) [+ bias (in * depth_multiplier,)]."""
         where = f"{cls.__name__} layer '{config.get('name')}'"
-        k = positive_sizes(config["kernel_size"], 2, where, "kernel_size")
+        k = positive_sizes(config["kernel_size"], cls.spatial, where, "kernel_size")
         m = int(config.get("depth_multiplier", 1))
         return [k + ("in", m)] + ([("in*m",)] if config.get("use_bias", True) else [])
 
@@ -263,34 +321,56 @@ class DepthwiseConv2D(Layer):
         super().__init__(config, weights, class_name)
         self.require("data_format", ("channels_last", None), "channels_last")
         self.padding = self.require("padding", ("valid", "same"), "valid")
-        self.strides = self.sizes("strides", 2, 1)
-        self.dilation = self.sizes("dilation_rate", 2, 1)
-        self.kernel = weights[0]
+        n = self.spatial
+        self.strides = (1,) * (2 - n) + self.sizes("strides", n, 1)
+        self.dilation = (1,) * (2 - n) + self.sizes("dilation_rate", n, 1)
+        self.kernel = weights[0] if n == 2 else weights[0][None]
         self.bias = weights[1] if self.use_bias else None
         if self.bias is not None and self.bias.shape != (self.kernel.shape[2] * self.kernel.shape[3],):
             raise ModelFileError(f"{self.class_name} layer '{self.name}': bias shape {self.bias.shape} "
                                  f"does not fit kernel shape {self.kernel.shape}")
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
 
-    def forward(self, x, mask=None):
-        self.check_rank(x, 4, "image batch (N, H, W, C)")
-        kh, kw, c, m = self.kernel.shape
-        self.check_last_dim(x, c)
-        n, h, w, _ = x.shape
-        ho, pt, pb = _out_and_pads(h, kh, self.strides[0], self.dilation[0], self.padding)
-        wo, pl, pr = _out_and_pads(w, kw, self.strides[1], self.dilation[1], self.padding)
-        xp = pad2d(x, ((pt, pb), (pl, pr)))
-        sh, sw = self.strides
-        dh, dw = self.dilation
-        y = np.zeros((n, ho, wo, c, m), x.dtype)
-        for a in range(kh):
-            for b in range(kw):
-                patch = xp[:, a * dh:a * dh + (ho - 1) * sh + 1:sh, b * dw:b * dw + (wo - 1) * sw + 1:sw, :]
-                y += patch[..., None] * self.kernel[a, b]
-        y = y.reshape(n, ho, wo, c * m)
+    def _as_image(self, x):
+        if self.spatial == 2:
+            self.check_rank(x, 4, "image batch (N, H, W, C)")
+            x4 = x
+        else:
+            self.check_rank(x, 3, "sequence batch (N, L, C)")
+            x4 = x[:, None]
+        self.check_last_dim(x4, self.kernel.shape[2])
+        return x4
+
+    def _from_image(self, y):
+        return y if self.spatial == 2 else y[:, 0]
+
+    def _z(self, x4):
+        z, xp = depthwise_conv2d(x4, self.kernel, self.strides, self.padding, self.dilation)
         if self.bias is not None:
-            y += self.bias
-        return self.activation(y)
+            z += self.bias
+        return z, xp
+
+    def forward(self, x, mask=None):
+        return self._from_image(self.activation(self._z(self._as_image(x))[0]))
+
+    def forward_train(self, x, mask, ctx):
+        x4 = self._as_image(x)
+        z, xp = self._z(x4)
+        y = self.activation(z)
+        self._saved = (x4.shape, xp, z, y)
+        return self._from_image(y)
+
+    def backward(self, dy, need_dx=True):
+        """dz = act'(z) dy; db = sum dz; dK and dx from :func:`depthwise_conv2d_backward`."""
+        x_shape, xp, z, y = self._saved
+        dz = activations.backward(self.activation, z, y, dy.reshape(y.shape),
+                                  f"{self.class_name} layer '{self.name}'")
+        dk, dx = depthwise_conv2d_backward(xp, x_shape, self.kernel, dz, self.strides,
+                                           self.padding, self.dilation, need_dx)
+        grads = [dk.reshape(self.weights[0].shape)]
+        if self.bias is not None:
+            grads.append(dz.sum(axis=(0, 1, 2)))
+        return (None if dx is None else self._from_image(dx)), grads
 
 
 def pool2d(x, pool, strides, padding, mode):
