@@ -1,3 +1,783 @@
-"""Attention layers and TimeDistributed (forward and backward)."""
+"""Attention layers and TimeDistributed (forward and backward).
 
-LAYERS = {}  # Keras class name -> constructor, merged into registry.REGISTRY
+* :class:`EinsumDense`: ``y = act(einsum(eq, x, K) + b)``; also the four (five with
+  ``use_gate``) projections inside :class:`MultiHeadAttention`.
+* :class:`MultiHeadAttention` (a :class:`~scratch_layers.base.MultiInputLayer`): Keras'
+  ``mha(query, value, key=None, attention_mask=None, use_causal_mask=False)``.
+* :class:`Attention` (Luong, ``score_mode`` 'dot'/'concat') and :class:`AdditiveAttention`
+  (Bahdanau), called as ``layer([query, value])`` or ``layer([query, value, key])``.
+* :class:`TimeDistributed`: any supported single-input layer applied to every timestep.
+
+Each follows Keras 3.15's own code (``keras/src/layers/attention/*.py``,
+``layers/core/einsum_dense.py``, ``layers/rnn/time_distributed.py``) and the TensorFlow
+backend's ``dot_product_attention``, including the constants used for masked scores.
+"""
+import math
+import re
+import string
+
+import numpy as np
+
+from . import activations
+from .base import Layer, MultiInputLayer, is_tensor
+from .errors import InputError, ModelFileError, UnsupportedLayerError
+
+# ----------------------------------------------------------------------------- einsum
+
+
+def _parse_equation(equation, where):
+    """``"ab,bc->ac"`` / ``"...b,bc->...c"`` / ``"ab...,bc->ac..."`` ->
+    (x letters, kernel letters, y letters, ellipsis side: None, "left" or "right")."""
+    eq = str(equation).replace(" ", "")
+    m = re.fullmatch(r"(\.\.\.)?([a-zA-Z]+)(\.\.\.)?,([a-zA-Z]+)->(\.\.\.)?([a-zA-Z]+)(\.\.\.)?", eq)
+    if m is None:
+        raise ModelFileError(f"{where}: invalid einsum equation {equation!r}")
+    xl, xs, xr, ks, yl, ys, yr = m.groups()
+    if bool(xl) != bool(yl) or bool(xr) != bool(yr) or (xl and xr):
+        raise UnsupportedLayerError(f"{where}: unsupported einsum equation {equation!r}")
+    for spec in (xs, ks, ys):
+        if len(set(spec)) != len(spec):
+            raise UnsupportedLayerError(f"{where}: einsum equation {equation!r} repeats an index")
+    for c in ks:
+        if c not in xs and c not in ys:
+            raise ModelFileError(f"{where}: kernel index '{c}' of {equation!r} is in neither "
+                                 "the input nor the output")
+    side = "left" if xl else "right" if xr else None
+    return xs, ks, ys, side
+
+
+def _unbroadcast(g, shape):
+    """Sum ``g`` down to ``shape`` (numpy broadcasting aligned on the trailing axes)."""
+    lead = g.ndim - len(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+class EinsumDense(Layer):
+    """y = act(z), z = einsum(equation, x, kernel) + bias (bias broadcast on the trailing
+    output axes from the first ``bias_axes`` letter on, as Keras builds it).
+
+    Backward (numpy-ml style, letters as in the equation ``X,K->Y``)::
+
+        dz = act'(z) dy
+        dK = einsum("X,Y->K", x, dz)           db = dz summed down to the bias shape
+        dx = einsum("Y,K->X", dz, K)           (an x letter in neither Y nor K: broadcast)
+    """
+
+    supports_masking = True
+
+    @classmethod
+    def _spec(cls, config):
+        where = f"EinsumDense layer '{config.get('name', '?')}'"
+        xs, ks, ys, side = _parse_equation(config["equation"], where)
+        out = config.get("output_shape")
+        out = [out] if isinstance(out, int) or out is None else list(out)
+        # the user's output_shape covers the output letters after the batch (Keras' own
+        # _analyze_split_string), or all of them when the batch sits in a left '...'
+        ys_known = ys if side == "left" else ys[1:]
+        if len(out) != len(ys_known):
+            out = [None] * len(ys_known)
+        known = {c: (int(n) if n is not None else None) for c, n in zip(ys_known, out)}
+        return xs, ks, ys, side, known
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """kernel: one size per kernel letter (the output size where config's output_shape
+        gives it, else the symbol of the input axis); bias (when ``bias_axes``): the output
+        letters from the first bias letter on (1 where not a bias letter)."""
+        xs, ks, ys, side, known = cls._spec(config)
+
+        def dim(c):
+            return known.get(c) if known.get(c) is not None else f"einsum_{c}"
+        shapes = [tuple(dim(c) for c in ks)]
+        bias_axes = config.get("bias_axes")
+        if bias_axes:
+            if side == "right":
+                shapes.append(None)  # trailing 1s for the elided axes: unknown from config
+            else:
+                first = min(ys.find(c) for c in bias_axes)
+                shapes.append(tuple(dim(c) if c in bias_axes else 1 for c in ys[first:]))
+        return shapes
+
+    def __init__(self, config, weights, class_name=None):
+        self.n_weights = 2 if config.get("bias_axes") else 1
+        super().__init__(config, weights, class_name)
+        for opt in ("lora_rank", "quantization_config"):
+            if config.get(opt):
+                raise self.unsupported(opt, config.get(opt))
+        where = f"{self.class_name} layer '{self.name}'"
+        self.xs, self.ks, self.ys, self.side, _ = self._spec(config)
+        for c in config.get("bias_axes") or "":
+            if c not in self.ys:
+                raise ModelFileError(f"{where}: bias axis '{c}' is not an output index")
+        self.kernel = weights[0]
+        self.bias = weights[1] if self.n_weights == 2 else None
+        if self.kernel.ndim != len(self.ks):
+            raise ModelFileError(f"{where}: kernel of shape {self.kernel.shape} does not fit "
+                                 f"the equation {config['equation']!r}")
+        self.activation = activations.get(config.get("activation"), where)
+
+    def _equations(self, ndim):
+        """The equation with '...' replaced by explicit letters for a rank-``ndim`` input:
+        (forward, dx, dK) equations and the x letters missing from the dx equation."""
+        n = ndim - len(self.xs)
+        if n < 0 or (n and self.side is None):
+            raise InputError(f"{self.class_name} layer '{self.name}': input of rank {ndim} "
+                             f"does not fit the equation {self.config['equation']!r}")
+        free = [c for c in string.ascii_letters if c not in self.xs + self.ks + self.ys][:n]
+        e = "".join(free)
+        xs, ys = (e + self.xs, e + self.ys) if self.side == "left" else (self.xs + e, self.ys + e)
+        lost = [c for c in xs if c not in ys and c not in self.ks]
+        dx_spec = "".join(c for c in xs if c not in lost)
+        return (f"{xs},{self.ks}->{ys}", f"{ys},{self.ks}->{dx_spec}",
+                f"{xs},{ys}->{self.ks}", xs, dx_spec)
+
+    def _z(self, x):
+        fwd = self._equations(x.ndim)[0]
+        try:
+            z = np.einsum(fwd, x, self.kernel, optimize=True)
+        except ValueError:
+            raise InputError(f"{self.class_name} layer '{self.name}': input of shape {x.shape} "
+                             f"does not fit the kernel {self.kernel.shape} "
+                             f"({self.config['equation']!r})") from None
+        if self.bias is not None:
+            z = z + self.bias
+        return z
+
+    def forward(self, x, mask=None):
+        return self.activation(self._z(x))
+
+    def forward_train(self, x, mask, ctx):
+        z = self._z(x)
+        y = self.activation(z)
+        self._saved = (x, z, y)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        x, z, y = self._saved
+        dz = activations.backward(self.activation, z, y, dy, f"EinsumDense layer '{self.name}'")
+        _, dx_eq, dk_eq, xs, dx_spec = self._equations(x.ndim)
+        grads = [np.einsum(dk_eq, x, dz, optimize=True)]
+        if self.bias is not None:
+            grads.append(_unbroadcast(dz, self.bias.shape).reshape(self.bias.shape))
+        dx = None
+        if need_dx:
+            dx = np.einsum(dx_eq, dz, self.kernel, optimize=True)
+            if dx_spec != xs:  # x letters summed away in the forward: broadcast back
+                dx = np.broadcast_to(
+                    np.expand_dims(dx, tuple(i for i, c in enumerate(xs) if c not in dx_spec)),
+                    x.shape).copy()
+        return dx, grads
+
+
+def _sub_einsum(name, equation, out_shape, bias_axes, weights, activation=None):
+    cfg = {"name": name, "equation": equation, "output_shape": list(out_shape),
+           "bias_axes": bias_axes, "activation": activation}
+    return EinsumDense(cfg, weights, "EinsumDense")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+_TF_LARGE_NEGATIVE = 3.38953e38 * -0.7   # backend/tensorflow/nn.py::_get_large_negative
+_SOFTMAX_LARGE_NEGATIVE = -1e9           # layers/activations/softmax.py (non-float16)
+
+
+def _causal(t, s):
+    """(T, S) lower-triangular bool: query i sees keys j <= i (Keras' cumsum comparison)."""
+    return np.arange(t)[:, None] >= np.arange(s)[None, :]
+
+
+def _softmax_backward(p, dp):
+    """p = softmax(l) on the last axis: dl = p (dp - sum(dp p))."""
+    return p * (dp - np.sum(dp * p, axis=-1, keepdims=True))
+
+
+def _bind(names, args, kwargs, where):
+    """Keras' call signature binding: positional args, then keyword args."""
+    if len(args) > len(names):
+        raise ModelFileError(f"{where}: called with {len(args)} positional arguments")
+    bound = dict(zip(names, args))
+    for k, v in kwargs.items():
+        if k in bound:
+            raise ModelFileError(f"{where}: argument '{k}' given twice")
+        bound[k] = v
+    return bound
+
+
+def _constant_mask(value, where):
+    """An attention mask stored in the config as a constant (``__tensor__``), or None."""
+    if isinstance(value, dict) and value.get("class_name") == "__tensor__":
+        value = (value.get("config") or {}).get("value")
+    if value is None:
+        return None
+    try:
+        return np.asarray(value).astype(bool)
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{where}: attention_mask {str(value)[:80]!r} is not a tensor") from None
+
+
+def _refuse_training_dropout(layer, rate, ctx):
+    if ctx.training and rate > 0:
+        raise layer.no_backward(f"with dropout={rate} in training mode (its dropout mask is "
+                                "not reproduced; use training=False)")
+
+
+# ----------------------------------------------------------------------------- MHA
+
+
+class MultiHeadAttention(MultiInputLayer):
+    """Keras ``MultiHeadAttention`` on rank-3 inputs (B, T, dim), default attention axes.
+
+    Forward (N heads, key_dim H, value_dim V)::
+
+        q = einsum("abc,cde->abde", query, Wq) + bq        (B, T, N, H)
+        k = einsum(key,   Wk) + bk,  v = einsum(value, Wv) + bv   (B, S, N, H / V)
+        l = einsum("BTNH,BSNH->BNTS", q, k) * c,  c = float32(1 / sqrt(H)) (Keras' rounding)
+        p = softmax(where(mask, l, -0.7 * 3.38953e38))      (TF dot_product_attention:
+            a fully masked row is uniform)  -- or, with dropout > 0, Keras' Softmax layer:
+            p = where(mask, softmax(where(mask, l, -1e9)), 0) (a fully masked row is 0)
+        o = einsum("BNTS,BSNH->BTNH", p, v)
+        y = einsum("abcd,cde->abe", o, Wo) + bo              (o * sigmoid gate with use_gate)
+
+    mask (B, T, S) = attention_mask & query_mask[:, :, None] & value_mask[:, None, :]
+    & key_mask[:, None, :] & causal & sliding window (those present), broadcast over heads.
+
+    Backward::
+
+        do = einsum(dy, Wo^T);  dp = einsum("BTNH,BSNH->BNTS", do, v);  dv = einsum(p, do)
+        dl = p (dp - sum(dp p)) * mask      (no gradient reaches a masked score)
+        dq = c einsum(dl, k);  dk = c einsum(dl, q)
+        then each projection's EinsumDense backward (dW, db, d input).
+
+    Weights arrive in ``.keras`` loader order (sub-groups alphabetically): ``[gate_dense,]
+    key_dense, output_dense, query_dense, value_dense``, each kernel then bias.
+    :attr:`keras_order` maps that to Keras' ``layer.weights`` order (query, key,
+    [gate,] value, output), which is the legacy ``.h5`` order.
+    """
+
+    supports_masking = True
+    CALL_ARGS = ("query", "value", "key", "query_mask", "value_mask", "key_mask",
+                 "attention_mask", "return_attention_scores", "training", "use_causal_mask")
+
+    @staticmethod
+    def _dims(config):
+        heads, key_dim = int(config["num_heads"]), int(config["key_dim"])
+        value_dim = int(config.get("value_dim") or key_dim)
+        out = config.get("output_shape")
+        out = None if not out else ([int(out)] if isinstance(out, int) else [int(o) for o in out])
+        return heads, key_dim, value_dim, out
+
+    @classmethod
+    def _groups(cls, config):
+        return sorted(["query_dense", "key_dense", "value_dense", "output_dense"]
+                      + (["gate_dense"] if config.get("use_gate") else []))  # file: _gate_dense, first
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """Per group (loader order): kernel (dim_in, heads, key/value_dim) or, for the
+        output, (heads, value_dim, *output_shape); bias without the first kernel axis.
+        The input widths are symbols (query's also sizes the default output)."""
+        n, h, v, out = cls._dims(config)
+        out = tuple(out) if out else ("mha_query_dim",)
+        kernels = {"query_dense": ("mha_query_dim", n, h), "key_dense": ("mha_key_dim", n, h),
+                   "value_dense": ("mha_value_dim", n, v), "gate_dense": ("mha_query_dim", n, v),
+                   "output_dense": (n, v) + out}
+        bias = config.get("use_bias", True)
+        shapes = []
+        for g in cls._groups(config):
+            k = kernels[g]
+            shapes.append(k)
+            if bias:
+                shapes.append(out if g == "output_dense" else k[1:])
+        return shapes
+
+    def __init__(self, config, weights, class_name=None):
+        self.use_bias = bool(config.get("use_bias", True))
+        groups = self._groups(config)
+        per = 2 if self.use_bias else 1
+        self.n_weights = per * len(groups)
+        super().__init__(config, weights, class_name)
+        self.heads, self.key_dim, self.value_dim, self.out_shape = self._dims(config)
+        axes = config.get("attention_axes")
+        if isinstance(axes, int):
+            axes = [axes]
+        if axes is not None and [int(a) for a in axes] not in ([1], [-2]):
+            raise self.unsupported("attention_axes", axes, "only the default (the sequence "
+                                   "axis of rank-3 inputs) is supported")
+        if config.get("flash_attention"):
+            raise self.unsupported("flash_attention", True)
+        sw = config.get("sliding_window")
+        self.sliding_window = None if sw is None else int(sw)
+        self.dropout = float(config.get("dropout", 0.0) or 0.0)
+        self.use_gate = bool(config.get("use_gate", False))
+        # Keras passes the Python float 1/sqrt(key_dim) to tf.cast, which first makes a
+        # float32 tensor of it: the float64 twin scales by the float32-rounded value too.
+        self.scale = float(np.float32(1.0 / math.sqrt(float(self.key_dim))))
+        w = {g: weights[i * per:(i + 1) * per] for i, g in enumerate(groups)}
+        bias = "de" if self.use_bias else None
+        n, h, v = self.heads, self.key_dim, self.value_dim
+        self.query_dense = _sub_einsum("query", "abc,cde->abde", [None, n, h], bias, w["query_dense"])
+        self.key_dense = _sub_einsum("key", "abc,cde->abde", [None, n, h], bias, w["key_dense"])
+        self.value_dense = _sub_einsum("value", "abc,cde->abde", [None, n, v], bias, w["value_dense"])
+        self.gate_dense = (_sub_einsum("gate", "abc,cde->abde", [None, n, v], bias,
+                                       w["gate_dense"], "sigmoid") if self.use_gate else None)
+        k_out = w["output_dense"][0]
+        if k_out.ndim < 3:
+            raise ModelFileError(f"{self.class_name} layer '{self.name}': output kernel of shape "
+                                 f"{k_out.shape}; expected (heads, value_dim, ...)")
+        n_out = k_out.ndim - 2
+        letters = "efghijklmnop"[:n_out]
+        self.output_dense = _sub_einsum(
+            "attention_output", f"abcd,cd{letters}->ab{letters}", [None] + list(k_out.shape[2:]),
+            letters if self.use_bias else None, w["output_dense"])
+        keras_groups = ["query_dense", "key_dense"] + (["gate_dense"] if self.use_gate else []) \
+            + ["value_dense", "output_dense"]
+        self.keras_order = [groups.index(g) * per + j for g in keras_groups for j in range(per)]
+
+    # call interface ------------------------------------------------------
+    def split_call(self, args, kwargs):
+        """``mha(query, value, key=None, ..., attention_mask=None, use_causal_mask=False)``
+        -> ``[query, value, key, attention_mask]`` (None where absent) and
+        ``{"use_causal_mask": bool}`` (+ ``"constant_attention_mask"`` when the mask is a
+        constant stored in the config). The query/value/key masks are the inputs' own
+        Keras masks (an explicit ``query_mask`` is ignored, as Keras ignores it)."""
+        where = f"{self.class_name} layer '{self.name}'"
+        b = _bind(self.CALL_ARGS, args, kwargs, where)
+        unknown = set(b) - set(self.CALL_ARGS)
+        if unknown:
+            raise UnsupportedLayerError(f"{where}: unknown call arguments {sorted(unknown)}")
+        if b.get("return_attention_scores"):
+            raise UnsupportedLayerError(f"{where}: return_attention_scores=True (two outputs) "
+                                        "is not supported")
+        for k in ("value_mask", "key_mask"):
+            if b.get(k) is not None:
+                raise UnsupportedLayerError(f"{where}: an explicit {k} is not supported (the "
+                                            "masks of value/key tensors are)")
+        if not is_tensor(b.get("query")) or not is_tensor(b.get("value")):
+            raise ModelFileError(f"{where}: query and value must be tensors")
+        key = b.get("key")
+        if key is not None and not is_tensor(key):
+            raise ModelFileError(f"{where}: key must be a tensor")
+        am = b.get("attention_mask")
+        options = {"use_causal_mask": bool(b.get("use_causal_mask", False))}
+        if am is not None and not is_tensor(am):
+            options["constant_attention_mask"] = _constant_mask(am, where)
+            am = None
+        return [b["query"], b["value"], key, am], options
+
+    def compute_mask(self, xs, masks, **options):
+        """Keras sets the query's mask on the output."""
+        return masks[0] if masks else None
+
+    # maths ------------------------------------------------------------------
+    def _attention_mask(self, xs, masks, use_causal_mask, constant_attention_mask):
+        """Keras' ``call`` + ``_compute_attention_mask``: (B or 1, T, S) bool or None."""
+        query, value = xs[0], xs[1]
+        t, s = query.shape[1], value.shape[1]
+        qm, vm = masks[0], masks[1]
+        km = masks[2] if xs[2] is not None else None   # no key tensor: no key mask
+        am = xs[3] if xs[3] is not None else constant_attention_mask
+        auto = None
+
+        def conj(a, b):
+            return b if a is None else a & b
+        if qm is not None:
+            auto = np.asarray(qm, bool)[:, :, None]
+        if vm is not None:
+            auto = conj(auto, np.asarray(vm, bool)[:, None, :])
+        if km is not None:
+            auto = conj(auto, np.asarray(km, bool)[:, None, :])
+        if use_causal_mask:
+            auto = conj(auto, _causal(t, s)[None])
+        if self.sliding_window is not None:
+            band = np.abs(np.arange(t)[:, None] - np.arange(s)[None, :]) < self.sliding_window
+            auto = conj(auto, band[None])
+        if am is not None:
+            am = np.asarray(am)
+            am = am.astype(bool) if am.dtype != bool else am
+            auto = am if auto is None else am & auto
+        return auto
+
+    def _check(self, xs):
+        where = f"{self.class_name} layer '{self.name}'"
+        if len(xs) != 4:
+            raise InputError(f"{where}: expected [query, value, key, attention_mask], got "
+                             f"{len(xs)} inputs")
+        for i, x in enumerate(xs[:3]):
+            if x is not None and np.ndim(x) != 3:
+                raise UnsupportedLayerError(f"{where}: input {i} has shape {np.shape(x)}; only "
+                                            "rank-3 (batch, sequence, features) inputs are supported")
+        if xs[0] is None or xs[1] is None:
+            raise InputError(f"{where}: query and value are required")
+        if xs[2] is not None and xs[2].shape[1] != xs[1].shape[1]:
+            raise InputError(f"{where}: key length {xs[2].shape[1]} != value length "
+                             f"{xs[1].shape[1]}")
+
+    def _run(self, xs, masks, use_causal_mask, constant_attention_mask, train, ctx=None):
+        self._check(xs)
+        masks = list(masks) if masks is not None else [None] * 4
+        masks += [None] * (4 - len(masks))
+        query, value = xs[0], xs[1]
+        key = value if xs[2] is None else xs[2]
+        mask = self._attention_mask(xs, masks, use_causal_mask, constant_attention_mask)
+        proj = (lambda lay, x: lay.forward_train(x, None, ctx)) if train else \
+            (lambda lay, x: lay.forward(x))
+        gate = proj(self.gate_dense, query) if self.use_gate else None
+        q = proj(self.query_dense, query)
+        k = proj(self.key_dense, key)
+        v = proj(self.value_dense, value)
+        dt = q.dtype
+        m4 = None if mask is None else mask[:, None, :, :]   # (B|1, 1, T, S)
+        if self.dropout == 0.0:
+            # TF dot_product_attention: scale after the dot product, large negative fill
+            logits = np.einsum("btnh,bsnh->bnts", q, k, optimize=True) * dt.type(self.scale)
+            if m4 is not None:
+                logits = np.where(m4, logits, np.asarray(_TF_LARGE_NEGATIVE, dt))
+            p = activations.softmax(logits, axis=-1)
+        else:
+            # _masked_softmax: query scaled first, Softmax layer's -1e9 fill and zeroing
+            logits = np.einsum("bsnh,btnh->bnts", k, q * dt.type(self.scale), optimize=True)
+            if m4 is not None:
+                logits = np.where(m4, logits, dt.type(_SOFTMAX_LARGE_NEGATIVE))
+            p = activations.softmax(logits, axis=-1)
+            if m4 is not None:
+                p = np.where(m4, p, dt.type(0.0))
+        o = np.einsum("bnts,bsnh->btnh", p, v, optimize=True)
+        if self.use_gate:
+            o_in = o * gate
+        else:
+            o_in = o
+        y = self.output_dense.forward_train(o_in, None, ctx) if train else self.output_dense.forward(o_in)
+        if train:
+            self._saved = (q, k, v, p, m4, o, gate, xs[2] is None)
+        return y
+
+    def forward(self, xs, masks=None, use_causal_mask=False, constant_attention_mask=None):
+        return self._run(xs, masks, use_causal_mask, constant_attention_mask, False)
+
+    def forward_train(self, xs, masks, ctx, use_causal_mask=False, constant_attention_mask=None):
+        _refuse_training_dropout(self, self.dropout, ctx)
+        return self._run(xs, masks, use_causal_mask, constant_attention_mask, True, ctx)
+
+    def backward(self, dy, need_dx=True):
+        """-> ([dquery, dvalue, dkey, None], grads in loader order); see the class docstring."""
+        q, k, v, p, m4, o, gate, key_is_value = self._saved
+        grads = {}
+        do_in, grads["output_dense"] = self.output_dense.backward(dy)
+        if self.use_gate:
+            do = do_in * gate
+            dgate = do_in * o
+        else:
+            do = do_in
+        dv = np.einsum("bnts,btnh->bsnh", p, do, optimize=True)
+        dp = np.einsum("btnh,bsnh->bnts", do, v, optimize=True)
+        dl = _softmax_backward(p, dp)
+        if m4 is not None:
+            dl = np.where(m4, dl, 0.0)
+        dl = dl * q.dtype.type(self.scale)
+        dq = np.einsum("bnts,bsnh->btnh", dl, k, optimize=True)
+        dk = np.einsum("bnts,btnh->bsnh", dl, q, optimize=True)
+        dquery, grads["query_dense"] = self.query_dense.backward(dq, need_dx)
+        dkey, grads["key_dense"] = self.key_dense.backward(dk, need_dx)
+        dvalue, grads["value_dense"] = self.value_dense.backward(dv, need_dx)
+        if self.use_gate:
+            dgq, grads["gate_dense"] = self.gate_dense.backward(dgate, need_dx)
+            if need_dx:
+                dquery = dquery + dgq
+        flat = [g for name in self._groups(self.config) for g in grads[name]]
+        if not need_dx:
+            return [None] * 4, flat
+        if key_is_value:
+            dvalue, dkey = dvalue + dkey, None
+        return [dquery, dvalue, dkey, None], flat
+
+
+# ----------------------------------------------------------------------------- Luong/Bahdanau
+
+
+class Attention(MultiInputLayer):
+    """Keras ``Attention`` (Luong): ``layer([query, value(, key)], use_causal_mask=...)``.
+
+    Forward (key = value when absent; s = scale, w = concat_score_weight)::
+
+        'dot':    e = s * (q @ k^T)                             (B, Tq, Tv)
+        'concat': e = w * sum_d tanh(s * (q[:, :, None] + k[:, None]))
+        e = where(mask, e, e - 1e9)     mask = value_mask[:, None, :] & causal
+        a = softmax(e);  y = (a @ v) * query_mask[..., None]
+
+    Backward::
+
+        dy' = dy * query_mask;  dv = a^T @ dy';  da = dy' @ v^T
+        de = a (da - sum(da a))            (the -1e9 shift passes the gradient)
+        'dot':    ds = sum(de * q k^T);  dq = s de @ k;  dk = s de^T @ q
+        'concat': t = tanh(s u), u = q + k: dw = sum(de * sum_d t);
+                  du = w de (1 - t^2) s;  ds = sum(w de (1 - t^2) u);
+                  dq = sum over keys of du, dk = sum over queries of du
+    """
+
+    supports_masking = True
+    has_concat = True
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """[scale ()] [concat_score_weight ()]."""
+        return [()] * (int(bool(config.get("use_scale", False)))
+                       + int(config.get("score_mode", "dot") == "concat"))
+
+    def __init__(self, config, weights, class_name=None):
+        self.use_scale = bool(config.get("use_scale", self.default_use_scale()))
+        self.score_mode = config.get("score_mode", "dot") if self.has_concat else "additive"
+        if self.has_concat and self.score_mode not in ("dot", "concat"):
+            raise UnsupportedLayerError(f"{class_name or type(self).__name__} layer "
+                                        f"'{config.get('name')}': score_mode={self.score_mode!r}")
+        self.n_weights = int(self.use_scale) + int(self.score_mode == "concat")
+        super().__init__(config, weights, class_name)
+        self.dropout = float(config.get("dropout", 0.0) or 0.0)
+        w = list(weights)
+        self.scale = w.pop(0) if self.use_scale else None
+        self.concat_w = w.pop(0) if self.score_mode == "concat" else None
+
+    @staticmethod
+    def default_use_scale():
+        return False
+
+    def split_call(self, args, kwargs):
+        """``layer([query, value(, key)], mask=..., use_causal_mask=...)`` -> the 2 or 3
+        tensors and ``{"use_causal_mask": bool}``. The ``mask`` kwarg Keras may record is
+        the inputs' own masks, which the executor propagates."""
+        where = f"{self.class_name} layer '{self.name}'"
+        b = _bind(("inputs", "mask", "training", "return_attention_scores", "use_causal_mask"),
+                  args, kwargs, where)
+        if b.get("return_attention_scores"):
+            raise UnsupportedLayerError(f"{where}: return_attention_scores=True (two outputs) "
+                                        "is not supported")
+        inputs = b.get("inputs")
+        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3) \
+                or not all(is_tensor(t) for t in inputs):
+            raise ModelFileError(f"{where}: expected to be called on [query, value] or "
+                                 f"[query, value, key], got {str(inputs)[:120]}")
+        return list(inputs), {"use_causal_mask": bool(b.get("use_causal_mask", False))}
+
+    def compute_mask(self, xs, masks, **options):
+        """Keras: the query's mask."""
+        return masks[0] if masks else None
+
+    def _scores(self, q, k):
+        dt = q.dtype
+        if self.score_mode == "dot":
+            e = np.matmul(q, np.swapaxes(k, -1, -2))
+            if self.scale is not None:
+                e = e * self.scale
+            return e, None
+        u = q[:, :, None, :] + k[:, None, :, :]
+        su = u * self.scale if self.scale is not None else u
+        t = np.tanh(su)
+        if self.score_mode == "concat":
+            return self.concat_w * np.sum(t, axis=-1), (u, t)
+        return np.sum((self.scale if self.scale is not None else dt.type(1.0)) * t, axis=-1), (u, t)
+
+    def _run(self, xs, masks, use_causal_mask, train):
+        where = f"{self.class_name} layer '{self.name}'"
+        if len(xs) not in (2, 3) or any(x is None or np.ndim(x) != 3 for x in xs):
+            raise InputError(f"{where}: expected [query, value(, key)] of rank 3, got shapes "
+                             f"{[np.shape(x) for x in xs]}")
+        q, v = xs[0], xs[1]
+        k = xs[2] if len(xs) == 3 else v
+        masks = list(masks) if masks is not None else [None] * len(xs)
+        qm = masks[0] if masks else None
+        vm = masks[1] if len(masks) > 1 else None
+        e, cache = self._scores(q, k)
+        smask = None
+        if use_causal_mask:
+            smask = _causal(e.shape[-2], e.shape[-1])[None]
+            if vm is not None:
+                smask = np.asarray(vm, bool)[:, None, :] & smask
+        elif vm is not None:
+            smask = np.asarray(vm, bool)
+            smask = smask[:, None, :] if smask.ndim == 2 else smask
+        if smask is not None:
+            e = np.where(smask, e, e - e.dtype.type(1e9))
+        a = activations.softmax(e, axis=-1)
+        y = np.matmul(a, v)
+        qkeep = None
+        if qm is not None:
+            qkeep = np.asarray(qm, bool)[..., None]
+            y = np.where(qkeep, y, y.dtype.type(0.0))
+        if train:
+            self._saved = (q, k, v, a, cache, qkeep, len(xs) == 3)
+        return y
+
+    def forward(self, xs, masks=None, use_causal_mask=False):
+        return self._run(xs, masks, use_causal_mask, False)
+
+    def forward_train(self, xs, masks, ctx, use_causal_mask=False):
+        _refuse_training_dropout(self, self.dropout, ctx)
+        return self._run(xs, masks, use_causal_mask, True)
+
+    def backward(self, dy, need_dx=True):
+        """-> ([dquery, dvalue(, dkey)], [dscale][, dconcat_weight]); see the docstring."""
+        q, k, v, a, cache, qkeep, has_key = self._saved
+        if qkeep is not None:
+            dy = np.where(qkeep, dy, 0.0)
+        dv = np.matmul(np.swapaxes(a, -1, -2), dy)
+        da = np.matmul(dy, np.swapaxes(v, -1, -2))
+        de = _softmax_backward(a, da)
+        grads = []
+        if self.score_mode == "dot":
+            if self.scale is not None:
+                qk = np.matmul(q, np.swapaxes(k, -1, -2))
+                grads.append(np.asarray(np.sum(de * qk), dtype=q.dtype))
+                de = de * self.scale
+            dq = np.matmul(de, k)
+            dk = np.matmul(np.swapaxes(de, -1, -2), q)
+        else:
+            u, t = cache
+            if self.score_mode == "concat":   # e = w sum_d tanh(s u)
+                grads_w = np.asarray(np.sum(de * np.sum(t, axis=-1)), dtype=q.dtype)
+                dsu = (de * self.concat_w)[..., None] * (1.0 - t * t)
+                if self.scale is not None:
+                    grads.append(np.asarray(np.sum(dsu * u), dtype=q.dtype))
+                    du = dsu * self.scale
+                else:
+                    du = dsu
+                grads.append(grads_w)
+            else:                             # e = sum_d scale_d tanh(u)
+                if self.scale is not None:
+                    grads.append(np.einsum("bqk,bqkd->d", de, t))
+                    du = de[..., None] * self.scale * (1.0 - t * t)
+                else:
+                    du = de[..., None] * (1.0 - t * t)
+            dq = du.sum(axis=2)
+            dk = du.sum(axis=1)
+        if not need_dx:
+            return [None] * (3 if has_key else 2), grads
+        if has_key:
+            return [dq, dv, dk], grads
+        return [dq, dv + dk], grads
+
+
+class AdditiveAttention(Attention):
+    """Keras ``AdditiveAttention`` (Bahdanau): e = sum_d scale_d tanh(q + k) (scale a
+    (dim,) vector, or 1 without ``use_scale``); masking, softmax and the query mask as
+    :class:`Attention`. Backward: with t = tanh(q[:, :, None] + k[:, None]),
+    dscale = sum(de t) over batch/queries/keys; du = de scale (1 - t^2); dq = sum over
+    keys of du, dk = sum over queries of du."""
+
+    has_concat = False
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """[scale (dim,)]."""
+        return [("additive_dim",)] if config.get("use_scale", True) else []
+
+    @staticmethod
+    def default_use_scale():
+        return True
+
+
+# ----------------------------------------------------------------------------- TimeDistributed
+
+# Keras layers whose call takes a mask (TimeDistributed would give them one timestep's (N,)
+# slice of the mask, which scratch_layers does not reproduce).
+_MASK_CONSUMERS = ("Softmax", "GlobalAveragePooling1D", "SimpleRNN", "LSTM", "GRU",
+                   "Bidirectional", "Attention", "AdditiveAttention", "MultiHeadAttention",
+                   "TimeDistributed")
+
+
+class TimeDistributed(Layer):
+    """Keras ``TimeDistributed(layer)``: the inner layer on every timestep.
+
+    Forward: x (N, T, ...) -> y = inner(x.reshape(N*T, ...)).reshape(N, T, ...).
+    Backward: dx = inner.backward(dy.reshape(N*T, ...)).reshape(N, T, ...); the weight
+    gradients are the inner layer's (summed over all N*T rows by its own backward).
+    The mask passes through unchanged (Keras' default compute_mask); the inner layer
+    sees none.
+    """
+
+    supports_masking = True
+
+    @staticmethod
+    def _inner_entry(config):
+        inner = config.get("layer")
+        if not isinstance(inner, dict) or not isinstance(inner.get("class_name"), str) \
+                or not isinstance(inner.get("config") or {}, dict):
+            raise ModelFileError(f"TimeDistributed layer '{config.get('name')}': 'layer' is not "
+                                 "a layer entry")
+        from .registry import REFUSED, REGISTRY
+        cls = inner["class_name"]
+        if cls in REFUSED:
+            raise UnsupportedLayerError(f"TimeDistributed layer '{config.get('name')}' wraps a "
+                                        f"{cls}: {REFUSED[cls]}")
+        ctor = REGISTRY.get(cls)
+        if ctor is None or getattr(ctor, "multi_input", False) or cls in ("InputLayer",
+                                                                           "TextVectorization"):
+            raise UnsupportedLayerError(f"TimeDistributed layer '{config.get('name')}': "
+                                        f"unsupported inner layer class '{cls}'")
+        return cls, ctor, inner.get("config") or {}
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """The inner layer's."""
+        _, ctor, cfg = cls._inner_entry(config)
+        return ctor.weight_shapes(cfg)
+
+    def __init__(self, config, weights, class_name=None):
+        inner_cls, ctor, inner_cfg = self._inner_entry(config)
+        self.n_weights = len(weights)
+        super().__init__(config, weights, class_name)
+        self.inner_class = inner_cls
+        self.layer = ctor(inner_cfg, list(weights), inner_cls)
+
+    def _fold(self, x):
+        if x.ndim < 3:
+            raise InputError(f"{self.class_name} layer '{self.name}': expected an input of rank "
+                             f">= 3 (batch, time, ...), got shape {x.shape}")
+        return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+    def _check_mask(self, mask):
+        if mask is not None and self.inner_class in _MASK_CONSUMERS:
+            raise UnsupportedLayerError(
+                f"{self.class_name} layer '{self.name}': a mask reaching a wrapped "
+                f"{self.inner_class} (Keras hands it one timestep's mask) is not supported")
+
+    def forward(self, x, mask=None):
+        self._check_mask(mask)
+        y = self.layer.forward(self._fold(x), None)
+        return y.reshape(x.shape[:2] + y.shape[1:])
+
+    def compute_mask(self, x, mask):
+        return mask
+
+    def forward_train(self, x, mask, ctx):
+        self._check_mask(mask)
+        y = self.layer.forward_train(self._fold(x), None, ctx)
+        self._shape = x.shape
+        return y.reshape(x.shape[:2] + y.shape[1:])
+
+    def backward(self, dy, need_dx=True):
+        n, t = self._shape[:2]
+        dx, grads = self.layer.backward(dy.reshape((n * t,) + dy.shape[2:]), need_dx)
+        return (None if dx is None else dx.reshape(self._shape)), grads
+
+    def trainable_flags(self):
+        flags = self.layer.trainable_flags()
+        return flags if self.config.get("trainable", True) else [False] * len(flags)
+
+    def state_updates(self):
+        return self.layer.state_updates() if hasattr(self.layer, "state_updates") else None
+
+    def gradient_squares(self):
+        if hasattr(self.layer, "gradient_squares"):
+            return self.layer.gradient_squares()
+        return [None] * len(self.weights)
+
+
+LAYERS = {  # Keras class name -> constructor, merged into registry.REGISTRY
+    "EinsumDense": EinsumDense,
+    "MultiHeadAttention": MultiHeadAttention,
+    "Attention": Attention,
+    "AdditiveAttention": AdditiveAttention,
+    "TimeDistributed": TimeDistributed,
+}
