@@ -139,6 +139,11 @@ def test_forward_and_gradients(case, tmp_path, record_property):
         d32, _ = layer_output_scale_diff(got, ref32)
         assert np.allclose(got, ref32, atol=1e-5, rtol=1e-5), f"vs float32: {d32:.3g}"
         worst32 = max(worst32, d32)
+    # float32 compute
+    sm_h5.astype("float32")
+    got32 = sm_h5.predict(x)
+    assert got32.dtype == np.float32
+    assert np.allclose(got32, np.asarray(model(x)), atol=1e-5, rtol=1e-5)
     # whole-model predict vs the twin
     twin_pred = twin.predict(x.astype(np.float64), verbose=0)
     dpred, scale = layer_output_scale_diff(sm.predict(x), twin_pred)
@@ -248,6 +253,64 @@ def test_bilinear_weights_rows_sum_to_one_and_interpolate_linear_ramps():
     inside = (centers >= 0) & (centers <= 3)
     assert np.allclose(y[inside], centers[inside], atol=1e-6)
     assert np.allclose(y[~inside], np.clip(centers[~inside], 0, 3))
+
+
+# layers built straight from a config, pure NumPy: need_dx=False, and central differences
+# of <dy, layer(x)> for the input and every weight (covers dilated transposed convolution,
+# which TF's CPU kernels refuse, so Keras cannot serve as the oracle there)
+DIRECT_CASES = {
+    "t2d-dil2-same": (Conv2DTranspose, dict(filters=2, kernel_size=[3, 2], padding="same",
+                                            dilation_rate=[2, 3], activation="tanh"), (4, 5, 2)),
+    "t2d-dil2-valid": (Conv2DTranspose, dict(filters=2, kernel_size=[2, 3], dilation_rate=2),
+                       (3, 4, 2)),
+    "t2d-s2-same-op1": (Conv2DTranspose, dict(filters=3, kernel_size=3, strides=2, padding="same",
+                                              output_padding=1), (3, 4, 2)),
+    "sep-s2-dil-m2": (SeparableConv2D, dict(filters=2, kernel_size=3, strides=2, dilation_rate=2,
+                                            padding="same", depth_multiplier=2), (6, 7, 2)),
+}
+
+
+def _direct_layer(case, rng):
+    from scratch_layers.registry import REGISTRY
+    cls, cfg, in_shape = DIRECT_CASES[case]
+    cfg = dict(cfg, name=case)
+    c = in_shape[-1]
+    k = tuple(cfg["kernel_size"]) if isinstance(cfg["kernel_size"], list) else (cfg["kernel_size"],) * 2
+    if cls is Conv2DTranspose:
+        shapes = [k + (cfg["filters"], c), (cfg["filters"],)]
+    else:
+        m = cfg["depth_multiplier"]
+        shapes = [k + (c, m), (1, 1, c * m, cfg["filters"]), (cfg["filters"],)]
+    assert REGISTRY[cls.__name__] is cls
+    return cls(cfg, [rng.normal(size=s) for s in shapes]), rng.normal(size=(2,) + in_shape)
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_direct_backward_by_central_differences(case):
+    rng = np.random.default_rng(5)
+    layer, x = _direct_layer(case, rng)
+    y = layer.forward_train(x, None, None)
+    assert np.array_equal(y, layer.forward(x))
+    dy = rng.normal(size=y.shape)
+    dx, grads = layer.backward(dy)
+    none_dx, grads_only = layer.backward(dy, need_dx=False)
+    assert none_dx is None and all(np.array_equal(a, b) for a, b in zip(grads, grads_only))
+    h = 1e-6
+
+    def loss(xv, ws):
+        fresh = type(layer)(layer.config, ws)
+        return float(np.vdot(dy, fresh.forward(xv)))
+    weights = [w.copy() for w in layer.weights]
+    for target, analytic in [(-1, dx)] + list(enumerate(grads)):
+        for flat in rng.choice(analytic.size, size=min(8, analytic.size), replace=False):
+            idx = np.unravel_index(flat, analytic.shape)
+            vals = []
+            for sign in (1, -1):
+                xv, ws = x.copy(), [w.copy() for w in weights]
+                (xv if target < 0 else ws[target])[idx] += sign * h
+                vals.append(loss(xv, ws))
+            numeric = (vals[0] - vals[1]) / (2 * h)
+            assert abs(numeric - analytic[idx]) <= 1e-6 * max(1.0, abs(numeric)), (target, idx)
 
 
 # ----------------------------------------------------------------------------- refusals
