@@ -572,10 +572,10 @@ class Attention(MultiInputLayer):
                 e = e * self.scale
             return e, None
         u = q[:, :, None, :] + k[:, None, :, :]
-        su = u * self.scale if self.scale is not None else u
-        t = np.tanh(su)
-        if self.score_mode == "concat":
+        if self.score_mode == "concat":   # w * sum_d tanh(s u)
+            t = np.tanh(u * self.scale if self.scale is not None else u)
             return self.concat_w * np.sum(t, axis=-1), (u, t)
+        t = np.tanh(u)                    # additive: sum_d scale_d tanh(u)
         return np.sum((self.scale if self.scale is not None else dt.type(1.0)) * t, axis=-1), (u, t)
 
     def _run(self, xs, masks, use_causal_mask, train):

@@ -203,7 +203,7 @@ def _refs(obj):
         if obj.get("class_name") == "__keras_tensor__":
             return TensorRef(*obj["config"]["keras_history"])
         return {k: _refs(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple)):
         return [_refs(v) for v in obj]
     return obj
 
@@ -227,7 +227,8 @@ def test_split_call_maps_recorded_calls_to_inputs():
     h2 = att([h, b, b], use_causal_mask=True)
     model = k_.Model([a, b], [h, h2])
     cfg = m1.get_config()
-    s1 = MultiHeadAttention(cfg, [np.zeros((1,))] * 8, "MultiHeadAttention")
+    s1 = MultiHeadAttention(cfg, [np.asarray(w, np.float64) for w in m1.get_weights()],
+                            "MultiHeadAttention")
     ins, opts = s1.split_call(*_node(model, "m1"))
     assert [r.layer if r else None for r in ins] == [a._keras_history[0].name,
                                                      b._keras_history[0].name, None, None]
