@@ -290,12 +290,13 @@ def depthwise_conv2d_backward(xp, x_shape, kernel, dz, strides, padding, dilatio
     for a in range(kh):
         for b in range(kw):
             slab = _offset_slab(a, b, strides, dilation, ho, wo)
-            dk[a, b] = np.einsum("nijc,nijcm->cm", xp[slab], dz5, optimize=True)
+            # c_einsum's own loop (optimize=False): its BLAS path copies the strided slab
+            dk[a, b] = np.einsum("nijc,nijcm->cm", xp[slab], dz5)
             if need_dx:
                 if m == 1:
                     dxp[slab] += dz5[..., 0] * kernel[a, b, :, 0]
                 else:
-                    dxp[slab] += np.einsum("nijcm,cm->nijc", dz5, kernel[a, b], optimize=True)
+                    dxp[slab] += np.einsum("nijcm,cm->nijc", dz5, kernel[a, b])
     dx = None if dxp is None else dxp[:, pt:pt + h, pl:pl + w]
     return dk, dx
 
