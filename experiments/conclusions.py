@@ -3,7 +3,10 @@
 A conclusion is built from the study's variants (per-seed test macro-F1, histories,
 parameter counts) and its pairwise comparisons (:mod:`experiments.stats`):
 
-* a difference is called an *effect* only when its 95% interval over seeds excludes 0;
+* a difference is called an *effect* only when its Holm-adjusted p (over the study's
+  comparisons) is below 0.05; its per-comparison 95% Welch interval is quoted as such,
+  and a difference whose interval excludes 0 but whose Holm-adjusted p does not pass is
+  named as not surviving the correction;
 * a *trend* over an ordered hyperparameter is claimed only when every step between
   neighbouring values is an effect in the same direction;
 * runs are flagged, not explained away: *collapsed* (some class is never predicted on
@@ -80,6 +83,10 @@ def _fmt_sd(sd) -> str:
     return "" if sd is None else f" ± {sd:.3f}"
 
 
+def _p(p) -> str:
+    return "n/a" if p is None else (f"{p:.2g}" if p >= 0.001 else f"{p:.1e}")
+
+
 def _interval(c: dict) -> str:
     return f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
 
@@ -124,21 +131,38 @@ def conclude(study: dict, variants: list[dict]) -> str:
     effects = [c for c in testable if c["significant"]]
     if not testable:
         parts.append("No interval can be computed: that needs at least two seeds per variant.")
-    elif effects:
-        parts.append("Effects (the 95% Welch interval over seeds excludes 0): " + "; ".join(
-            f"{label[c['a'] if c['mean_diff'] > 0 else c['b']]} beats "
-            f"{label[c['b'] if c['mean_diff'] > 0 else c['a']]} by {abs(c['mean_diff']):.3f} "
-            f"(a − b {_interval(c)}, p = {c['p_value']:.3g})" for c in effects) + ".")
-        rest = [c for c in testable if not c["significant"]]
-        if rest:
+    else:
+        k = len(testable)
+        adj = (f"Holm-adjusted over the study's {k} comparisons" if k > 1 else "one comparison, no adjustment needed")
+        if effects:
+            parts.append(f"Effects (Holm-adjusted p < 0.05, {adj}; in brackets the per-comparison 95% "
+                         "Welch interval of a − b): " + "; ".join(
+                f"{label[c['a'] if c['mean_diff'] > 0 else c['b']]} beats "
+                f"{label[c['b'] if c['mean_diff'] > 0 else c['a']]} by {abs(c['mean_diff']):.3f} "
+                f"({_interval(c)}, p_holm = {_p(c.get('p_holm', c['p_value']))})" for c in effects) + ".")
+        lost = [c for c in testable if not c["significant"] and c.get("ci_excludes_0")]
+        if lost:
+            parts.append("Not effects after the Holm adjustment, although the per-comparison interval "
+                         "excludes 0: " + "; ".join(
+                f"{label[c['a']]} vs {label[c['b']]} ({c['mean_diff']:+.3f}, {_interval(c)}, p = "
+                f"{_p(c['p_value'])}, p_holm = {_p(c.get('p_holm'))})" for c in lost) + ".")
+        rest = [c for c in testable if not c["significant"] and not c.get("ci_excludes_0")]
+        if effects and rest:
             parts.append("Not effects (interval includes 0): " + "; ".join(
                 f"{label[c['a']]} vs {label[c['b']]} ({c['mean_diff']:+.3f}, {_interval(c)})" for c in rest) + ".")
-    else:
-        widest = max(testable, key=lambda c: abs(c["mean_diff"]))
-        parts.append(f"No difference is an effect: every 95% interval includes 0 (largest gap "
-                     f"{label[widest['a']]} − {label[widest['b']]} = {widest['mean_diff']:+.3f}, "
-                     f"{_interval(widest)}). Seed-to-seed spread is as large as anything this "
-                     f"hyperparameter does here.")
+        elif not effects:
+            widest = max(testable, key=lambda c: abs(c["mean_diff"]))
+            parts.append(f"No difference is an effect ({adj}; largest gap "
+                         f"{label[widest['a']]} − {label[widest['b']]} = {widest['mean_diff']:+.3f}, "
+                         f"per-comparison 95% interval {_interval(widest)})."
+                         + ("" if lost else " Seed-to-seed spread is as large as anything this "
+                                            "hyperparameter does here."))
+        dfs = [c["df"] for c in testable if c.get("df") is not None]
+        n_min = min(min(c["n_a"], c["n_b"]) for c in testable)
+        if dfs and (n_min < 3 or min(dfs) < 3):
+            parts.append(f"Caveat: the smallest variant has {n_min} seeds (Welch df "
+                         f"{min(dfs):.1f}–{max(dfs):.1f}), so each interval is wide and only large "
+                         f"differences can be effects.")
 
     if testable:
         parts += _trend(study, ran, comps, label)
@@ -209,3 +233,58 @@ def _trend(study: dict, ran: list[dict], comps: list[dict], label: dict) -> list
                 f"{label[ordered[0] if end_d > 0 else ordered[-1]]}, but not every step between "
                 f"neighbouring values is an effect, so this is no evidence of a steady trend."]
     return ["No trend is claimed: neither the steps nor the extremes differ beyond seed noise."]
+
+
+def _oriented(c: dict) -> tuple[str, str, float, float, float]:
+    """(winner, loser, gap, interval low, interval high) with the gap positive."""
+    if c["mean_diff"] >= 0:
+        return c["a"], c["b"], c["mean_diff"], c["ci_low"], c["ci_high"]
+    return c["b"], c["a"], -c["mean_diff"], -c["ci_high"], -c["ci_low"]
+
+
+def finding(study: dict, variants: list[dict]) -> str:
+    """One short line for the first screen: the study's effects (Holm) or that there are none."""
+    label = {v["variant"]: v["label"] for v in variants}
+    testable = [c for c in study["comparisons"] if c["ci_low"] is not None]
+    if not [v for v in variants if v["runs"]]:
+        return "not trained yet."
+    if not testable:
+        return "no interval yet (fewer than two seeds per variant)."
+    effects = sorted((c for c in testable if c["significant"]), key=lambda c: -abs(c["mean_diff"]))
+    if effects:
+        parts = []
+        for c in effects:
+            w, l, gap, lo, hi = _oriented(c)
+            parts.append(f"{label[w]} beats {label[l]} by {gap:.3f} ({lo:+.3f} to {hi:+.3f})")
+        return ("; ".join(parts) + f". Effects: Holm-adjusted p < 0.05 over {len(testable)} comparison"
+                f"{'s' if len(testable) != 1 else ''}; in brackets the per-comparison 95% interval.")
+    widest = max(testable, key=lambda c: abs(c["mean_diff"]))
+    w, l, gap, lo, hi = _oriented(widest)
+    return (f"no effect: the largest gap, {label[w]} over {label[l]}, is {gap:.3f} "
+            f"(per-comparison 95% interval {lo:+.3f} to {hi:+.3f}), "
+            + ("which does not survive the Holm adjustment." if widest.get("ci_excludes_0") else "within seed noise."))
+
+
+def reference_sentence(family_title: str, selected: dict | None, refs: dict | None) -> str:
+    """How the family's validation-selected model compares with the reference baselines on
+    the same test split; the reference that validation would pick is the one compared."""
+    models = (refs or {}).get("models") or []
+    if not selected or not models:
+        return ""
+    best = max(models, key=lambda m: m["val_macro_f1"])
+    maj = next((m for m in models if m["name"] == "majority class"), None)
+    f1, ci = selected["f1_mean"], selected.get("f1_ci95")
+    x = best["test_macro_f1"]
+    if ci:
+        where = ("above the whole 95% interval of the selected model's mean" if x > ci[1] else
+                 "below the whole 95% interval of the selected model's mean" if x < ci[0] else
+                 "inside the 95% interval of the selected model's mean: no clear difference")
+        ci_text = f", 95% interval over {selected['n_runs']} seeds {ci[0]:.3f}–{ci[1]:.3f}"
+    else:
+        where, ci_text = ("higher" if x > f1 else "lower"), ""
+    verdict = ("The reference scores better than the selected model." if ci and x > ci[1] else
+               "The selected model scores better than the reference." if ci and x < ci[0] else "")
+    return (f"{family_title}: the selected model's mean test macro-F1 is {f1:.3f}{ci_text}. "
+            f"{best['name']} (chosen on validation) scores {x:.3f} on the same test split, {where}. "
+            + (f"Always predicting the majority class scores {maj['test_macro_f1']:.3f}. " if maj else "")
+            + verdict).strip()

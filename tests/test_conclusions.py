@@ -27,6 +27,37 @@ def test_welch_interval_includes_zero_for_seed_noise():
     assert c.ci_low < 0 < c.ci_high and not c.significant
 
 
+def test_welch_reports_its_degrees_of_freedom():
+    a, b = [0.70, 0.72, 0.69], [0.60, 0.66]
+    c = welch("a", a, "b", b)
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 2
+    assert c.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 1))
+    assert c.ci_excludes_0 == (c.ci_low > 0 or c.ci_high < 0)
+
+
+def test_holm_adjusts_within_a_study_and_only_holm_effects_count():
+    """p-values are Holm-adjusted over a study's comparisons (statsmodels), and an effect
+    needs p_holm < 0.05: a comparison whose own interval just excludes 0 can lose it."""
+    from statsmodels.stats.multitest import multipletests
+    values = {"a": [.60, .64, .56], "b": [.65, .70, .60], "c": [.70, .74, .66]}
+    cs = pairwise(["a", "b", "c"], values)
+    raw = [c.p_value for c in cs]
+    assert [c.p_holm for c in cs] == pytest.approx(list(multipletests(raw, method="holm")[1]))
+    ac = next(c for c in cs if (c.a, c.b) == ("a", "c"))
+    assert ac.ci_excludes_0 and ac.p_value < 0.05 and ac.p_holm >= 0.05 and not ac.significant
+    assert all(c.significant == (c.p_holm < 0.05) for c in cs)
+    text = conclude(study([variant(k, k, i, v) for i, (k, v) in enumerate(values.items())]),
+                    [variant(k, k, i, v) for i, (k, v) in enumerate(values.items())])
+    assert "Not effects after the Holm adjustment" in text and "a vs c" in text
+    assert "Holm-adjusted over the study's 3 comparisons" in text
+
+
+def test_two_seed_comparisons_carry_a_caveat():
+    vs = [variant("a", "A", 1, [.70, .72]), variant("b", "B", 2, [.60, .61])]
+    text = conclude(study(vs), vs)
+    assert "Caveat: the smallest variant has 2 seeds (Welch df" in text
+
+
 def test_one_seed_gives_no_interval_and_no_effect():
     c = welch("a", [0.9], "b", [0.1, 0.2])
     assert c.ci_low is None and c.p_value is None and not c.significant
@@ -120,8 +151,8 @@ def test_steady_trend_needs_every_step_to_be_an_effect():
 
 
 def test_endpoint_effect_without_steps_is_not_a_trend():
-    vs = [variant("a", "32", 32, [.60, .64, .56]), variant("b", "64", 64, [.65, .70, .60]),
-          variant("c", "128", 128, [.70, .74, .66])]
+    vs = [variant("a", "32", 32, [.60, .62, .58]), variant("b", "64", 64, [.65, .70, .60]),
+          variant("c", "128", 128, [.70, .72, .68])]
     text = conclude(study(vs), vs)
     assert "128 beats 32" in text and "no evidence of a steady trend" in text
 
