@@ -19,25 +19,67 @@ def linear(x):
 
 
 def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
-    """Generalised ReLU, exactly Keras' ``activations.relu``:
-    ``y = x`` if ``x >= threshold`` else ``negative_slope * (x - threshold)``;
-    then ``y`` is clipped at ``max_value``."""
-    if negative_slope == 0.0 and threshold == 0.0:
-        y = np.maximum(x, 0.0)
-    else:
-        y = np.where(x >= threshold, x, negative_slope * (x - threshold))
+    """Keras' ``activations.relu``, step by step as it computes it
+    (keras/src/activations/activations.py, ``ReLU.static_call``):
+
+    * negative_slope != 0, no max_value, threshold 0: ``leaky_relu``;
+    * else pos = x where x > threshold else 0 (threshold != 0), relu6(x) (threshold 0,
+      max_value 6), max(x, 0) otherwise; then clipped to [0, max_value] when max_value is
+      set (so with a negative threshold, x in (threshold, 0) gives 0);
+    * y = pos - negative_slope * max(threshold - x, 0).
+
+    Its derivative is :func:`relu_grad`."""
+    if negative_slope == 0.0 and threshold == 0.0 and max_value is None:
+        return np.maximum(x, 0.0)
+    if negative_slope != 0.0 and max_value is None and threshold == 0.0:
+        return leaky_relu(x, negative_slope)
+    y = np.where(x > threshold, x, 0.0) if threshold != 0.0 else np.maximum(x, 0.0)
     if max_value is not None:
-        y = np.minimum(y, max_value)
+        y = np.clip(y, 0.0, max_value)
+    if negative_slope != 0.0:
+        y = y - negative_slope * np.maximum(threshold - x, 0.0)
     return y
+
+
+def relu_grad(x, dy, negative_slope=0.0, max_value=None, threshold=0.0):
+    """dL/dx of :func:`relu` as TF differentiates Keras' ops: the positive part passes
+    where x > threshold (Relu6Grad: 0 < x < 6 on the relu6 path), clip_by_value passes
+    where 0 <= pos <= max_value (ends included), and the negative part adds
+    negative_slope where x < threshold (ReluGrad of threshold - x). Leaky path:
+    LeakyReluGrad, dy where x > 0, negative_slope dy elsewhere."""
+    if negative_slope != 0.0 and max_value is None and threshold == 0.0:
+        return leaky_relu_grad(x, dy, negative_slope)
+    if threshold == 0.0 and max_value == 6:
+        slope = ((x > 0) & (x < 6.0)).astype(dy.dtype)
+    else:
+        slope = (x > threshold).astype(dy.dtype)
+        if max_value is not None:
+            pos = np.where(x > threshold, x, 0.0) if threshold != 0.0 else np.maximum(x, 0.0)
+            slope *= (pos >= 0.0) & (pos <= max_value)
+    if negative_slope != 0.0:
+        slope += negative_slope * (x < threshold)
+    return dy * slope
 
 
 def relu6(x):
     return np.clip(x, 0.0, 6.0)
 
 
+def leaky_slope(negative_slope):
+    """tf.nn.leaky_relu's ``alpha`` is a float32 op attribute: TF multiplies by the slope
+    rounded to float32, in float64 too (0.2 -> 0.20000000298...)."""
+    return float(np.float32(negative_slope))
+
+
 def leaky_relu(x, negative_slope=0.2):
-    """Keras 3 default slope is 0.2 (not TF's 0.3 nor PyTorch's 0.01)."""
-    return np.where(x >= 0, x, negative_slope * x)
+    """tf.nn.leaky_relu: x where x > 0, else slope x (slope rounded to float32, see
+    :func:`leaky_slope`). Keras 3's default slope is 0.2 (not TF's 0.3 nor PyTorch's 0.01)."""
+    return np.where(x > 0, x, leaky_slope(negative_slope) * x)
+
+
+def leaky_relu_grad(x, dy, negative_slope=0.2):
+    """LeakyReluGrad: dy where x > 0, slope dy elsewhere (float32 slope, as the forward)."""
+    return np.where(x > 0, dy, leaky_slope(negative_slope) * dy)
 
 
 def sigmoid(x):
@@ -121,11 +163,24 @@ _ERF_COF = [
 
 
 def gelu(x, approximate=False):
-    """Keras 3 ``activation="gelu"`` is the exact GELU, 0.5 x (1 + erf(x / sqrt 2));
-    ``approximate=True`` is the tanh formula."""
+    """Keras 3 ``activation="gelu"`` (``keras.activations.gelu(x, approximate=False)``) is the
+    exact GELU, 0.5 x (1 + erf(x / sqrt 2)); ``approximate=True`` is :func:`gelu_tanh`.
+    A serialized activation cannot ask for the tanh form (only the name is saved)."""
     if approximate:
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+        return gelu_tanh(x)
     return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+_GELU_C = 0.7978845608028654  # sqrt(2/pi), as tf.nn.gelu writes it
+# tf.nn.gelu casts the Python float 0.044715 through a float32 tensor: TF's coefficient
+# is float32(0.044715) = 0.04471499845..., in float64 too.
+_GELU_A = float(np.float32(0.044715))
+
+
+def gelu_tanh(x):
+    """tf.nn.gelu(approximate=True): 0.5 x (1 + tanh(c (x + a x^3))), c = sqrt(2/pi),
+    a = 0.044715 rounded to float32 (see _GELU_A)."""
+    return 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + _GELU_A * x ** 3)))
 
 
 def hard_sigmoid(x):
@@ -248,11 +303,57 @@ def _gelu_grad(x, y, dy):
     return dy * (cdf + x * pdf)
 
 
+def _gelu_tanh_grad(x, y, dy):
+    """u = c (x + a x^3), t = tanh(u): 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)."""
+    t = np.tanh(_GELU_C * (x + _GELU_A * x ** 3))
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _GELU_C * (1.0 + 3 * _GELU_A * x * x))
+
+
+def _relu6_grad(x, y, dy):
+    """Relu6Grad: dy where 0 < x < 6."""
+    return dy * ((x > 0) & (x < 6.0))
+
+
+def _hard_sigmoid_slope(x):
+    """d/dx relu6(x + 3) / 6, as TF differentiates it (Relu6Grad of x + 3, then / 6)."""
+    z = x + 3.0
+    return ((z > 0) & (z < 6.0)) / 6.0
+
+
+def _hard_silu_grad(x, y, dy):
+    """y = x hs(x): hs(x) + x hs'(x)."""
+    return dy * (hard_sigmoid(x) + x * _hard_sigmoid_slope(x))
+
+
+def _mish_grad(x, y, dy):
+    """y = x tanh(sp), sp = softplus(x), sp' = sigmoid(x): tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)."""
+    t = np.tanh(softplus(x))
+    return dy * (t + x * (1.0 - t * t) * sigmoid(x))
+
+
+def _celu_grad(x, y, dy, alpha=1.0):
+    """max(x, 0) + alpha expm1(min(x, 0) / alpha): 1 where x > 0, exp(x / alpha) where x < 0
+    (at x = 0 TF's Maximum and Minimum gradients both pass: 2)."""
+    return dy * ((x >= 0) + (x <= 0) * np.exp(np.minimum(x, 0.0) / alpha))
+
+
+def _glu_grad(x, y, dy, axis=-1):
+    """y = a sigmoid(b), x = [a, b] along ``axis``: da = dy s, db = dy a s (1 - s)."""
+    a, b = np.split(x, 2, axis=axis)
+    s = sigmoid(b)
+    return np.concatenate([dy * s, dy * a * s * (1.0 - s)], axis=axis)
+
+
+def _squareplus_grad(x, y, dy, b=4):
+    """y = (x + sqrt(x^2 + b)) / 2: (1 + x / sqrt(x^2 + b)) / 2."""
+    return dy * 0.5 * (1.0 + x / np.sqrt(x * x + b))
+
+
 GRADIENTS = {
     linear: lambda x, y, dy: dy,
     relu: lambda x, y, dy: dy * (x > 0),
-    relu6: lambda x, y, dy: dy * ((x > 0) & (x < 6.0)),
-    leaky_relu: lambda x, y, dy: np.where(x > 0, dy, 0.2 * dy),
+    relu6: _relu6_grad,
+    leaky_relu: lambda x, y, dy: leaky_relu_grad(x, dy),
     sigmoid: lambda x, y, dy: dy * y * (1.0 - y),
     tanh: lambda x, y, dy: dy * (1.0 - y * y),
     softmax: _softmax_grad,
@@ -264,7 +365,20 @@ GRADIENTS = {
     silu: lambda x, y, dy: dy * (sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x)))),
     gelu: _gelu_grad,
     exponential: lambda x, y, dy: dy * y,
-    hard_sigmoid: lambda x, y, dy: dy * (((x > -3.0) & (x < 3.0)) / 6.0),
+    hard_sigmoid: lambda x, y, dy: dy * _hard_sigmoid_slope(x),
+    hard_silu: _hard_silu_grad,
+    gelu_tanh: _gelu_tanh_grad,
+    mish: _mish_grad,
+    celu: _celu_grad,
+    log_sigmoid: lambda x, y, dy: dy * sigmoid(-x),
+    glu: _glu_grad,
+    hard_tanh: lambda x, y, dy: dy * ((x >= -1.0) & (x <= 1.0)),  # ClipByValue passes the ends
+    tanh_shrink: lambda x, y, dy: dy * np.tanh(x) ** 2,
+    soft_shrink: lambda x, y, dy: dy * (np.abs(x) > 0.5),
+    hard_shrink: lambda x, y, dy: dy * (np.abs(x) > 0.5),
+    squareplus: _squareplus_grad,
+    sparse_plus: lambda x, y, dy: dy * np.where(x <= -1, 0.0, np.where(x < 1, 0.5 * (x + 1), 1.0)),
+    sparse_sigmoid: lambda x, y, dy: dy * np.where((x > -1) & (x < 1), 0.5, 0.0),
 }
 
 # dy/dx written with the output y only, for the recurrent cells (which keep the gate
