@@ -429,7 +429,9 @@ class MultiHeadAttention(MultiInputLayer):
         k = proj(self.key_dense, key)
         v = proj(self.value_dense, value)
         dt = q.dtype
-        m4 = None if mask is None else mask[:, None, :, :]   # (B|1, 1, T, S)
+        m4 = mask
+        while m4 is not None and m4.ndim < 4:   # Keras expands at the heads axis (-3)
+            m4 = np.expand_dims(m4, -3)        # (B|1, 1, T, S)
         if self.dropout == 0.0:
             # TF dot_product_attention: scale after the dot product, large negative fill
             logits = np.einsum("btnh,bsnh->bnts", q, k, optimize=True) * dt.type(self.scale)
@@ -752,6 +754,11 @@ class TimeDistributed(Layer):
 
     def forward_train(self, x, mask, ctx):
         self._check_mask(mask)
+        from .training import _CONSTRAINTS, _REGULARIZERS
+        bad = [k for k in _REGULARIZERS + _CONSTRAINTS if self.layer.config.get(k)]
+        if bad:  # training.check_trainable reads only the wrapper's own config
+            raise self.no_backward(f"(its inner layer has {', '.join(bad)}, which Keras applies "
+                                   "in training)")
         y = self.layer.forward_train(self._fold(x), None, ctx)
         self._shape = x.shape
         return y.reshape(x.shape[:2] + y.shape[1:])

@@ -20,7 +20,7 @@ from scratch_layers import safety
 from scratch_layers.attention import (AdditiveAttention, Attention, EinsumDense,
                                       MultiHeadAttention)
 from scratch_layers.base import TensorRef
-from scratch_layers.errors import UnsupportedLayerError
+from scratch_layers.errors import NoBackwardError, UnsupportedLayerError
 from scratch_layers.loading import _collect_vars
 from scratch_layers.training import TrainContext
 
@@ -101,6 +101,8 @@ MHA_CASES = {
                             ([5, 3], [4, 5], None), False, False),
     "gate_bias_attention_mask": (dict(num_heads=1, key_dim=4, use_gate=True), 3, 4, 2, 3, 3,
                                  (None, None, None), True, False),
+    "attention_mask_2d_query_mask": (dict(num_heads=2, key_dim=2), 4, 3, 3, 2, None,
+                                     ([2, 4], None, None), "2d", False),
 }
 
 
@@ -113,7 +115,7 @@ def _mha_data(case, rng):
     masks = [None if lens[0] is None else lengths_mask(lens[0], t),
              None if lens[1] is None else lengths_mask(lens[1], s),
              None if (k is None or lens[2] is None) else lengths_mask(lens[2], s)]
-    am = (rng.random((b, t, s)) > 0.3) if use_am else None
+    am = (rng.random((t, s) if use_am == "2d" else (b, t, s)) > 0.3) if use_am else None
     return kw, q, v, k, masks, am, causal
 
 
@@ -195,6 +197,9 @@ def test_multi_head_attention_forward_and_backward(case, tmp_path):
     for i, w, want in zip(sl.keras_order, twin.trainable_weights, tg[len(inputs):]):
         worst = max(worst, assert_grads(w.path, grads[i], want))
     print(f"{case}: forward vs twin {d64:.3g} (relative), backward worst {worst:.3g}")
+    if kw.get("dropout"):
+        with pytest.raises(NoBackwardError, match="dropout"):
+            sl.forward_train(xs, masks + [None], TrainContext(training=True))
 
 
 def _refs(obj):
@@ -382,7 +387,8 @@ def test_einsum_dense(equation, out_shape, bias_axes, activation, x_shape, tmp_p
 
 # ----------------------------------------------------------------------------- TimeDistributed
 
-def test_time_distributed_dense_end_to_end(tmp_path):
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_time_distributed_dense_end_to_end(fmt, tmp_path):
     k_ = keras()
     model = k_.Sequential([
         k_.Input((4, 5)),
@@ -391,9 +397,23 @@ def test_time_distributed_dense_end_to_end(tmp_path):
         k_.layers.Dense(3, activation="softmax"),
     ])
     x = np.random.default_rng(0).normal(size=(6, 4, 5)).astype(np.float32)
-    sm, worst = check_model(model, x, tmp_path, seed=1)
+    sm, worst = check_model(model, x, tmp_path, fmt=fmt, seed=1)
     assert type(sm.layers[0]).__name__ == "TimeDistributed"
     compare_gradients(model, sm, x, np.array([0, 1, 2, 0, 1, 2]))
+
+
+def test_time_distributed_refuses_training_an_inner_regularizer(tmp_path):
+    k_ = keras()
+    model = k_.Sequential([
+        k_.Input((4, 5)),
+        k_.layers.TimeDistributed(k_.layers.Dense(3, kernel_regularizer="l2")),
+        k_.layers.Flatten(),
+        k_.layers.Dense(2, activation="softmax"),
+    ])
+    x = np.random.default_rng(0).normal(size=(2, 4, 5)).astype(np.float32)
+    sm, _ = check_model(model, x, tmp_path, seed=1)
+    with pytest.raises(NoBackwardError, match="kernel_regularizer"):
+        sm.loss_and_gradients(x, np.array([0, 1]))
 
 
 def test_time_distributed_conv2d_end_to_end(tmp_path):
