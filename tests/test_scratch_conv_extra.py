@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from backward_helpers import (F32_TOL, compare_gradients, finite_difference_check,  # noqa: E402
                               keras_loss_and_grads, max_abs, twin_of)
-from keras_factories import check_model, keras, save_load  # noqa: E402
+from keras_factories import check_model, keras  # noqa: E402
 
 import scratch_layers  # noqa: E402
 from scratch_layers.conv import conv2d  # noqa: E402
