@@ -172,3 +172,197 @@ def test_merge_layer(case, record_property):
     record_property("max_abs_diff_float64", d64)
     record_property("max_abs_diff_float32", d32)
     record_property("max_grad_diff_float64", dg)
+
+
+# ----------------------------------------------------------------------------- operation nodes
+
+from scratch_layers import ops as sops  # noqa: E402
+
+
+def refs_from_config(obj):
+    """A recorded call as the graph executor hands it over: every ``__keras_tensor__``
+    replaced by a TensorRef (everything else left as in config.json)."""
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            return TensorRef(*obj["config"]["keras_history"])
+        return {k: refs_from_config(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [refs_from_config(v) for v in obj]
+    return obj
+
+
+def recorded_op(out):
+    """(class name, config.json-style config, args, kwargs) of the op that made KerasTensor ``out``."""
+    from keras.src.models.functional import serialize_node
+    op, node_index, _ = out._keras_history
+    node = json.loads(json.dumps(serialize_node(op._inbound_nodes[node_index])))
+    config = json.loads(json.dumps(op.get_config()))
+    return type(op).__name__, config, refs_from_config(node["args"]), refs_from_config(node["kwargs"])
+
+
+def _pos(shape, seed):
+    return np.abs(rand(shape, seed)) + 0.3
+
+
+S = (4, 3, 5)
+# (id, fn(ops, *tensors), input shapes (batch first), input kinds: "n" normal, "t" ties,
+#  "p" positive, "b" bool, "i" int32)
+OP_CASES = [
+    ("add", lambda o, a, b: o.add(a, b), [(4, 6), (4, 1)], "nn"),
+    ("add-scalar", lambda o, a: o.add(a, 1.5), [(4, 6)], "n"),
+    ("add-numpy", lambda o, a: o.add(np.arange(6, dtype="float32") / 7, a), [(4, 6)], "n"),
+    ("add-tensor", lambda o, a: o.add(a, o.arange(6, dtype="float32") / 7), [(4, 6)], "n"),
+    ("subtract-rscalar", lambda o, a: o.subtract(2.0, a), [(4, 6)], "n"),
+    ("multiply", lambda o, a, b: o.multiply(a, b), [S, (4, 1, 5)], "nn"),
+    ("multiply-self", lambda o, a: o.multiply(a, a), [(4, 6)], "n"),
+    ("divide", lambda o, a, b: o.divide(a, b), [(4, 6), (4, 6)], "np"),
+    ("true_divide", lambda o, a: o.true_divide(a, 3), [(4, 6)], "n"),
+    ("power", lambda o, a: o.power(a, 2.5), [(4, 6)], "p"),
+    ("power-int", lambda o, a: o.power(a, 2), [(4, 6)], "n"),
+    ("power-tensors", lambda o, a, b: o.power(a, b), [(4, 6), (4, 6)], "pn"),
+    ("negative", lambda o, a: o.negative(a), [(4, 6)], "n"),
+    ("square", lambda o, a: o.square(a), [(4, 6)], "n"),
+    ("sqrt", lambda o, a: o.sqrt(a), [(4, 6)], "p"),
+    ("absolute", lambda o, a: o.abs(a), [(4, 6)], "t"),
+    ("exp", lambda o, a: o.exp(a), [(4, 6)], "n"),
+    ("log", lambda o, a: o.log(a), [(4, 6)], "p"),
+    ("log1p", lambda o, a: o.log1p(a), [(4, 6)], "p"),
+    ("expm1", lambda o, a: o.expm1(a), [(4, 6)], "n"),
+    ("maximum", lambda o, a, b: o.maximum(a, b), [(4, 6), (4, 6)], "tt"),
+    ("maximum-scalar", lambda o, a: o.maximum(a, 0.5), [(4, 6)], "t"),
+    ("minimum", lambda o, a, b: o.minimum(a, b), [S, (4, 1, 5)], "tt"),
+    ("clip", lambda o, a: o.clip(a, -0.5, 1), [(4, 6)], "t"),
+    ("where", lambda o, c, a, b: o.where(c, a, b), [(4, 6), (4, 6), (4, 1)], "bnn"),
+    ("greater", lambda o, a: o.greater(a, 0.0), [(4, 6)], "t"),
+    ("less_equal", lambda o, a, b: o.less_equal(a, b), [(4, 6), (4, 6)], "tt"),
+    ("relu", lambda o, a: o.relu(a), [(4, 6)], "t"),
+    ("relu6", lambda o, a: o.relu6(a), [(4, 6)], "w"),
+    ("sigmoid", lambda o, a: o.sigmoid(a), [(4, 6)], "n"),
+    ("tanh", lambda o, a: o.tanh(a), [(4, 6)], "n"),
+    ("softmax", lambda o, a: o.softmax(a, axis=1), [S], "n"),
+    ("log_softmax", lambda o, a: o.log_softmax(a), [S], "n"),
+    ("gelu-tanh", lambda o, a: o.gelu(a), [(4, 6)], "n"),
+    ("silu", lambda o, a: o.silu(a), [(4, 6)], "n"),
+    ("swish", lambda o, a: o.swish(a), [(4, 6)], "n"),
+    ("hard_sigmoid", lambda o, a: o.hard_sigmoid(a), [(4, 6)], "w"),
+    ("hard_silu", lambda o, a: o.hard_silu(a), [(4, 6)], "w"),
+    ("leaky_relu", lambda o, a: o.leaky_relu(a, 0.1), [(4, 6)], "n"),
+    ("elu", lambda o, a: o.elu(a, 0.7), [(4, 6)], "n"),
+    ("selu", lambda o, a: o.selu(a), [(4, 6)], "n"),
+    ("celu", lambda o, a: o.celu(a, 0.8), [(4, 6)], "n"),
+    ("softplus", lambda o, a: o.softplus(a), [(4, 6)], "n"),
+    ("softsign", lambda o, a: o.softsign(a), [(4, 6)], "n"),
+    ("log_sigmoid", lambda o, a: o.log_sigmoid(a), [(4, 6)], "n"),
+    ("reshape", lambda o, a: o.reshape(a, (-1, 15)), [S], "n"),
+    ("transpose", lambda o, a: o.transpose(a, (0, 2, 1)), [S], "n"),
+    ("expand_dims", lambda o, a: o.expand_dims(a, 1), [(4, 6)], "n"),
+    ("expand_dims-2", lambda o, a: o.expand_dims(a, (1, -1)), [(4, 6)], "n"),
+    ("squeeze", lambda o, a: o.squeeze(a, 1), [(4, 1, 5)], "n"),
+    ("squeeze-all", lambda o, a: o.squeeze(a), [(4, 1, 5, 1)], "n"),
+    ("getitem-slice", lambda o, a: a[:, 1:3], [S], "n"),
+    ("getitem-newaxis", lambda o, a: a[..., None, 0], [S], "n"),
+    ("getitem-reverse", lambda o, a: a[:, ::-1, 2], [S], "n"),
+    ("getitem-mixed", lambda o, a: a[:, 1, None, ..., 0:4:2], [(4, 3, 2, 5)], "n"),
+    ("getitem-last", lambda o, a: a[:, -1], [S], "n"),
+    ("getitem-batch", lambda o, a: a[1:3, :], [S], "n"),
+    ("concatenate", lambda o, a, b: o.concatenate([a, b], axis=-1), [(4, 6), (4, 2)], "nn"),
+    ("concatenate-1", lambda o, a, b: o.concatenate([b, a, b], axis=1), [S, (4, 2, 5)], "nn"),
+    ("stack", lambda o, a, b: o.stack([a, b], axis=1), [(4, 6), (4, 6)], "nn"),
+    ("mean", lambda o, a: o.mean(a, axis=1, keepdims=True), [S], "n"),
+    ("mean-all", lambda o, a: o.mean(a), [S], "n"),
+    ("sum", lambda o, a: o.sum(a, axis=(1, 2)), [S], "n"),
+    ("max", lambda o, a: o.max(a, axis=-1), [S], "t"),
+    ("max-initial", lambda o, a: o.max(a, axis=(1, 2), keepdims=True, initial=0.5), [S], "t"),
+    ("min", lambda o, a: o.min(a, axis=(1, -1)), [(4, 3, 2, 5)], "t"),
+    ("matmul", lambda o, a, b: o.matmul(a, b), [(4, 2, 3, 5), (4, 1, 5, 2)], "nn"),
+    ("matmul-const", lambda o, a: o.matmul(a, np.linspace(-1, 1, 10, dtype="float32").reshape(5, 2)),
+     [S], "n"),
+    ("cast-int", lambda o, a: o.cast(a, "float32") * 0.5, [(4, 6)], "i"),
+]
+
+
+def _op_inputs(shapes, kinds, seed):
+    xs = []
+    for i, (shape, kind) in enumerate(zip(shapes, kinds)):
+        s = seed * 10 + i
+        xs.append({"n": lambda: rand(shape, s), "t": lambda: rand(shape, s, ties=True),
+                   "p": lambda: _pos(shape, s), "w": lambda: rand(shape, s, ties=True) * 4, "b": lambda: rand(shape, s) > 0,
+                   "i": lambda: np.round(rand(shape, s) * 3)}[kind]())
+    return xs
+
+
+def _keras_dtype(kind, dtype):
+    return {"b": "bool", "i": "int32"}.get(kind, dtype)
+
+
+
+
+def _op_case_parts(case):
+    name, fn, shapes, kinds = OP_CASES[case]
+    k = keras()
+    inputs = [k.Input(s[1:], dtype=_keras_dtype(kd, "float32"), name=f"in{i}")
+              for i, (s, kd) in enumerate(zip(shapes, kinds))]
+    out = fn(k.ops, *inputs)
+    if name == "cast-int":  # the node under test is the cast, below the multiply
+        out = out._keras_history[0]._inbound_nodes[0].input_tensors[0]
+    class_name, config, args, kwargs = recorded_op(out)
+    return name, fn, shapes, kinds, class_name, config, args, kwargs
+
+
+@pytest.mark.parametrize("case", range(len(OP_CASES)), ids=[c[0] for c in OP_CASES])
+def test_op(case, record_property):
+    name, fn, shapes, kinds, class_name, config, args, kwargs = _op_case_parts(case)
+    op = sops.OPS[class_name](config, [], class_name)
+    refs, options = op.split_call(args, kwargs)
+    order = [int(r.layer[2:]) for r in refs]  # scratch input -> Keras input index
+    xs = _op_inputs(shapes, kinds, case)
+
+    k = keras()
+    if name == "cast-int":
+        fn = lambda o, a: o.cast(a, "float32")  # noqa: E731
+    T = tf()
+    dtypes = [_keras_dtype(kd, "float64") for kd in kinds]
+    ts = [T.constant(x.astype(d)) for x, d in zip(xs, dtypes)]
+    with T.GradientTape() as tape:
+        for t in ts:
+            tape.watch(t)
+        y64 = fn(k.ops, *ts)
+        differentiable = y64.dtype.is_floating and name != "cast-int"
+        dy = rand(tuple(y64.shape), seed=case + 3)
+        loss = T.reduce_sum(y64 * T.constant(dy)) if differentiable else None
+    g64 = tape.gradient(loss, ts) if differentiable else None
+    y64 = np.asarray(y64)
+    y32 = np.asarray(fn(k.ops, *[T.constant(x.astype(_keras_dtype(kd, "float32")))
+                                 for x, kd in zip(xs, kinds)]))
+
+    sx = [xs[i].astype(np.float64) if kinds[i] in "ntpw" else xs[i].astype(
+        {"b": bool, "i": np.int32}[kinds[i]]) for i in order]
+    got = op.forward(sx, [None] * len(sx), **options)
+    assert op.compute_mask(sx, [None] * len(sx), **options) is None
+    if got.dtype == bool:
+        np.testing.assert_array_equal(got, y64)
+        np.testing.assert_array_equal(got, y32)
+        return
+    d64, d32 = check_forward(np.asarray(got, np.float64), y64, y32, name)
+    got32 = op.forward([x.astype(np.float32) if x.dtype == np.float64 else x for x in sx],
+                       [None] * len(sx), **options)
+    assert np.allclose(got32, y32, atol=F32_TOL, rtol=F32_TOL), name
+    dg = 0.0
+    if differentiable:
+        y_train = op.forward_train(sx, [None] * len(sx), None, **options)
+        np.testing.assert_array_equal(y_train, got)
+        dxs, grads = op.backward(dy)
+        assert grads == [] and len(dxs) == len(sx)
+        tgrads = [None if kinds[i] in "bi" else g64[i] for i in order]
+        # the same tensor twice (x * x): Keras' gradient is the sum of both slots
+        if len(set(order)) < len(order):
+            dxs = [sum(d for d, j in zip(dxs, order) if j == i) for i in sorted(set(order))]
+            tgrads = [g64[i] for i in sorted(set(order))]
+        dxs = [np.zeros_like(np.asarray(t)) if d is None and t is None else d
+               for d, t in zip(dxs, tgrads)]
+        dxs = [d if d is not None else np.zeros(1) for d in dxs]
+        dg = check_grads([np.asarray(d, np.float64) for d in dxs],
+                         [None if t is None else np.asarray(t) for t in tgrads], name)
+    record_property("max_abs_diff_float64", d64)
+    record_property("max_abs_diff_float32", d32)
+    record_property("max_grad_diff_float64", dg)
