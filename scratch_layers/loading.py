@@ -18,11 +18,11 @@ import h5py
 from . import safety
 from .core import InputLayer
 from .errors import ModelFileError, ScratchError, UnsupportedLayerError
+from .graph import MODEL_CLASSES as _MODEL_CLASSES, build_graph
 from .model import Model
 from .registry import REFUSED, REGISTRY
 from .text import TextVectorization, parse_vocabulary_file
 
-_MODEL_CLASSES = ("Sequential", "Functional", "Model")
 
 
 def to_snake_case(name):
@@ -34,91 +34,9 @@ def to_snake_case(name):
 
 
 def _is_op(entry):
-    """Functional configs contain nodes for keras.ops calls (e.g. the NotEqual that
-    computes an Embedding mask): they are not layers and own no weights."""
+    """Functional configs contain nodes for keras.ops calls (``a + b``, ``keras.ops.relu``,
+    the NotEqual that computes an Embedding mask): operations, not layers; no weights."""
     return str(entry.get("module") or "").startswith("keras.src.ops")
-
-
-def _tensor_refs(obj):
-    """All keras_history refs of __keras_tensor__ entries in a nested args structure."""
-    refs = []
-    if isinstance(obj, dict):
-        if obj.get("class_name") == "__keras_tensor__":
-            refs.append(obj["config"]["keras_history"][0])
-        else:
-            for v in obj.values():
-                refs.extend(_tensor_refs(v))
-    elif isinstance(obj, list):
-        for v in obj:
-            refs.extend(_tensor_refs(v))
-    return refs
-
-
-def _linear_chain(model_cfg):
-    """Return the ordered list of layer entries of a Sequential/Functional config."""
-    cls = model_cfg.get("class_name")
-    cfg = model_cfg.get("config") or {}
-    entries = cfg.get("layers")
-    if not isinstance(entries, list):
-        raise ModelFileError(f"model config of class '{cls}' has no 'layers' list")
-    _check_entries(entries, cfg.get("name", cls))
-    if cls == "Sequential":
-        if not entries or entries[0].get("class_name") != "InputLayer":
-            shape = cfg.get("build_input_shape")
-            entries = [{"class_name": "InputLayer",
-                        "config": {"name": "input", "batch_shape": shape}}] + entries
-        return entries
-    if cls not in ("Functional", "Model"):
-        raise UnsupportedLayerError(f"top-level model class '{cls}' is not supported "
-                                    "(only Sequential and Functional models)")
-    ins, outs = cfg.get("input_layers"), cfg.get("output_layers")
-    if ins and isinstance(ins[0], list) and len(ins) > 1:
-        raise UnsupportedLayerError(f"model has {len(ins)} inputs; only single-input linear "
-                                    "chains are supported")
-    if outs and isinstance(outs[0], list) and len(outs) > 1:
-        raise UnsupportedLayerError(f"model has {len(outs)} outputs; only single-output linear "
-                                    "chains are supported")
-    out_name = outs[0] if isinstance(outs[0], str) else outs[0][0]
-    by_name = {e.get("name", e.get("config", {}).get("name")): e for e in entries}
-    chain = []
-    name = out_name
-    seen = set()
-    while True:
-        e = by_name.get(name)
-        if e is None:
-            raise ModelFileError(f"functional config references unknown layer '{name}'")
-        if name in seen:
-            raise ModelFileError(f"cycle in functional config at layer '{name}'")
-        seen.add(name)
-        chain.append(e)
-        if e.get("class_name") == "InputLayer":
-            break
-        nodes = e.get("inbound_nodes") or []
-        if len(nodes) != 1:
-            raise UnsupportedLayerError(
-                f"layer '{name}' ({e.get('class_name')}) is called {len(nodes)} times; only "
-                "linear chains (each layer used once) are supported")
-        node = nodes[0]
-        args = node.get("args", []) if isinstance(node, dict) else node
-        kwargs = node.get("kwargs", {}) if isinstance(node, dict) else {}
-        if isinstance(node, list):  # legacy format [[name, node_idx, tensor_idx, kwargs], ...]
-            refs = [n[0] for n in node]
-        else:
-            refs = _tensor_refs(args)
-            extra = [k for k, v in kwargs.items() if k != "mask" and _tensor_refs(v)]
-            if extra:
-                raise UnsupportedLayerError(f"layer '{name}' receives tensors through {extra}; "
-                                            "only linear chains are supported")
-        if len(refs) != 1:
-            raise UnsupportedLayerError(
-                f"non-linear graph: layer '{name}' ({e.get('class_name')}) has {len(refs)} "
-                f"input tensors (e.g. Add/Concatenate/multi-input); only linear chains are supported")
-        if _is_op(e):
-            raise UnsupportedLayerError(f"model applies the operation '{e.get('class_name')}' "
-                                        f"('{name}') on its main path; only layers are supported")
-        name = refs[0]
-    chain.reverse()
-    return chain
 
 
 def _check_entries(entries, model_name):
@@ -206,36 +124,57 @@ def _config_errors(where):
                              "the file was not written by Keras or is corrupt") from None
 
 
-def _chain(model_cfg, get_weights, get_vocab, prefix="", owner=None, depth=0):
-    """Build the flat layer list of a (possibly nested) linear model.
-
-    Nested Sequential/Functional models used as a layer are inlined: their
-    weights live under ``layers/<path of the nested model>/layers/...``."""
-    if depth > 8:
-        raise UnsupportedLayerError("models nested more than 8 levels deep")
+def _layer_maker(model_cfg, get_weights, get_vocab, prefix="", owner=()):
+    """``make_layer(entry, index, depth)`` for the layers of one (possibly nested) model:
+    builds a layer with its weights, or a nested model's Graph. A nested model's weights
+    live under ``layers/<its path>/layers/...`` (.keras) or in the group of the top nested
+    model (legacy .h5, see :func:`_legacy_weights`)."""
     cfg = model_cfg.get("config") or {}
-    chain = _linear_chain(model_cfg)
-    paths = _weight_paths(cfg.get("layers") or [] if model_cfg["class_name"] != "Sequential" else chain)
-    input_layer, layers = None, []
-    for e in chain:
-        path = prefix + paths.get(id(e), "")
-        if e.get("class_name") in _MODEL_CLASSES:
-            sub_in, sub_layers = _chain(e, get_weights, get_vocab, path + "/layers/",
-                                        owner=(owner or []) + [(e.get("config") or {}).get("name")],
-                                        depth=depth + 1)
-            if input_layer is None and not layers:
-                input_layer = sub_in
-            layers.extend(sub_layers)
-            continue
-        weights = get_weights(e, path, owner)
-        vocab = get_vocab(e, path) if e.get("class_name") == "TextVectorization" else None
-        layer = _build_layer(e, weights, vocab)
-        if isinstance(layer, InputLayer):
-            if input_layer is None and not layers:
-                input_layer = layer
-        else:
-            layers.append(layer)
-    return input_layer, layers
+    entries = cfg.get("layers") or []
+    _check_entries(entries, cfg.get("name", model_cfg.get("class_name")))
+    paths = _weight_paths(entries)
+
+    def make_layer(entry, index, depth):
+        path = prefix + paths.get(id(entry), "")
+        name = (entry.get("config") or {}).get("name", entry.get("name"))
+        if entry.get("class_name") in _MODEL_CLASSES:
+            sub = _layer_maker(entry, get_weights, get_vocab, path + "/layers/", tuple(owner) + (name,))
+            return build_graph(entry, sub, _make_input, depth + 1)
+        if _is_op(entry):
+            return _build_op(entry)
+        if entry.get("module") is None and entry.get("class_name") not in REGISTRY \
+                and entry.get("class_name") in _ops().OPS:
+            raise UnsupportedLayerError(
+                f"'{name}' is the operation {entry.get('class_name')} (an expression such as a + b "
+                "or keras.ops.* in the model) in a legacy .h5 file, which does not record that it "
+                "is an operation (Keras cannot load it either); save the model as .keras")
+        weights = get_weights(entry, path, list(owner))
+        vocab = get_vocab(entry, path) if entry.get("class_name") == "TextVectorization" else None
+        return _build_layer(entry, weights, vocab)
+    return make_layer
+
+
+def _ops():
+    from . import ops
+    return ops
+
+
+def _build_op(entry):
+    """An operation node (``keras.src.ops``): looked up by class name in ``ops.OPS``; never
+    evaluated from the config."""
+    cls = entry.get("class_name")
+    name = (entry.get("config") or {}).get("name", entry.get("name", "?"))
+    ctor = _ops().OPS.get(cls)
+    if ctor is None:
+        raise UnsupportedLayerError(f"operation '{name}': unsupported operation '{cls}' "
+                                    f"({entry.get('module')}). Supported: {', '.join(sorted(_ops().OPS))}")
+    with _config_errors(f"operation '{name}' ({cls})"):
+        return ctor(entry.get("config") or {}, [], cls)
+
+
+def _make_input(config):
+    with _config_errors("InputLayer"):
+        return InputLayer(config, [], "InputLayer")
 
 
 def _assemble(model_cfg, get_weights, get_vocab):
@@ -245,8 +184,8 @@ def _assemble(model_cfg, get_weights, get_vocab):
         # a bare layer saved as a model is not a model
         raise UnsupportedLayerError(f"top-level object is a '{model_cfg['class_name']}', "
                                     "not a Sequential/Functional model")
-    input_layer, layers = _chain(model_cfg, get_weights, get_vocab)
-    model = Model((model_cfg.get("config") or {}).get("name", "model"), input_layer, layers)
+    graph = build_graph(model_cfg, _layer_maker(model_cfg, get_weights, get_vocab), _make_input)
+    model = Model((model_cfg.get("config") or {}).get("name", "model"), graph)
     model.check_layers_fit()
     return model
 

@@ -1,16 +1,14 @@
-"""The :class:`Model` (a linear chain of layers) and comparison helpers."""
-import copy
-import os
+"""The :class:`Model`: a Keras model's graph, with predict, intermediate outputs and the
+training API (:mod:`scratch_layers.training`)."""
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import activations
+from . import executor
 from ._blas import blas_threads, default_workers
-from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D, conv_geometry, pool2d, tf_max_floor
-from .core import BatchNormalization, Embedding, ReLU
 from .errors import InputError, ModelFileError, ScratchError
+from .core import Embedding
 from .recurrent import Bidirectional, RNNBase
 from .text import TextVectorization
 
@@ -20,10 +18,6 @@ from .text import TextVectorization
 CHUNK_BUDGET_BYTES = 8 * 2 ** 20
 RNN_CHUNK_BUDGET_BYTES = 64 * 2 ** 20
 MAX_CHUNK = 4096
-# im2col buffer per block of images in predict's fused Conv2D -> MaxPooling2D step (see
-# _conv_then_max_pool): the patches stay in the CPU cache, while the chunk is sized by the
-# activations held whole (128 CIFAR images, so the Dense layers get 128-row matmuls).
-CONV_BLOCK_BYTES = 2 ** 21
 # The NaN/inf check reads the input in blocks of this size (its boolean temporaries
 # stay small however large the input is).
 FINITE_CHECK_BYTES = 4 * 2 ** 20
@@ -32,43 +26,68 @@ FINITE_CHECK_BYTES = 4 * 2 ** 20
 KERAS_PREDICT_BATCH = 32
 
 
+def _input_kind(input_layer, readers):
+    """"string", "int" or "float": what an input takes, from its dtype and its readers."""
+    dtype = str(getattr(input_layer, "dtype", "float32"))
+    if dtype == "string" or any(isinstance(l, TextVectorization) for l in readers):
+        return "string"
+    if dtype.startswith(("int", "uint")) or any(isinstance(l, Embedding) for l in readers):
+        return "int"
+    return "float"
+
+
 class Model:
-    """A model: ``input_layer`` followed by ``layers`` applied in order.
+    """A Keras model as a graph (:class:`~scratch_layers.graph.Graph`) of layer calls.
 
-    Each layer maps ``(x, mask) -> y`` via ``layer.forward(x, mask)`` and
-    ``layer.compute_mask(x, mask)`` gives the mask passed to the next layer.
-    Inference: :meth:`predict` (fused fast path). Training: :meth:`loss_and_gradients`,
-    :meth:`train_on_batch`, :meth:`get_weights` / :meth:`set_weights` and :meth:`save`
-    (see :mod:`scratch_layers.training`), always on the unfused layers."""
+    ``predict`` runs the fused plan (:mod:`scratch_layers.executor`) in chunks of the
+    batch; ``intermediate_outputs`` runs every node unfused; training
+    (:meth:`loss_and_gradients`, :meth:`train_on_batch`) runs the unfused nodes with a
+    backward pass (:mod:`scratch_layers.training`). Inputs and outputs follow Keras: one
+    array, or a list (or dict keyed by name) for a model with several."""
 
-    def __init__(self, name, input_layer, layers):
+    def __init__(self, name, graph):
         self.name = name
         self.source = None  # {"format": "keras" | "h5", "path": ...} when loaded from a file
-        self.input_layer = input_layer
-        self.layers = list(layers)
+        self.graph = graph
+        self.layers = graph.layers()
+        self.input_layers = list(graph.input_layers)
+        self.input_layer = self.input_layers[0] if self.input_layers else None
+        self.input_names = list(graph.input_names)
+        self.output_names = list(graph.output_names)
         self._chunks = {}
         self.n_workers = default_workers()
         self._recurrent = any(isinstance(l, (RNNBase, Bidirectional)) for l in self.layers)
         self.dtype = np.dtype(np.float64)
-        self._plan, self._blocked = self._fuse()
-        first = self.layers[0] if self.layers else None
-        if isinstance(first, TextVectorization):
-            self.input_kind = "string"
-        elif isinstance(first, Embedding):
-            self.input_kind = "int"
-        else:
-            self.input_kind = "float"
+        readers = {}
+        for node in graph.nodes:
+            for t in node.inputs:
+                readers.setdefault(t, []).append(node.layer)
+        self.input_kinds = [_input_kind(l, readers.get(t, [])) for l, t in zip(self.input_layers, graph.inputs)]
+        self.input_kind = self.input_kinds[0] if self.input_kinds else "float"
         # TextVectorization without output_sequence_length pads each batch to its own
         # longest text, as Keras pads each predict batch: chunks must be Keras' batches
-        self._keras_batches = (isinstance(first, TextVectorization)
-                               and first.output_sequence_length is None)
+        self._keras_batches = any(isinstance(l, TextVectorization) and l.output_sequence_length is None
+                                  for l in self.layers)
+        self._replan()
+
+    def _replan(self):
+        self._plan, self._blocked = executor.plan_steps(self.graph)
+        self._frees = executor.last_uses(self._plan, set(self.graph.outputs))
+        self._unfused, _ = executor.plan_steps(self.graph, fuse=False)
+        self._unfused_frees = executor.last_uses(self._unfused, set(self.graph.outputs))
+        self._chunks = {}
 
     def __repr__(self):
-        return f"<scratch_layers.Model '{self.name}': " + " -> ".join(
-            l.class_name for l in self.layers) + ">"
+        return f"<scratch_layers.Model '{self.name}': {len(self.graph.nodes)} nodes, " + \
+            " -> ".join(l.class_name for l in self.layers[:12]) + (" ..." if len(self.layers) > 12 else "") + ">"
 
     def summary(self):
-        return "\n".join(f"{l.name:30s} {l.class_name}" for l in self.layers)
+        """One line per node, in the order they run: node name, class, the nodes it reads."""
+        producer = {n.output: n.name for n in self.graph.nodes}
+        producer.update({t: l.name for t, l in zip(self.graph.inputs, self.input_layers)})
+        return "\n".join(f"{n.name:30s} {n.layer.class_name:24s} <- "
+                         + ", ".join(producer.get(t, "-") if t is not None else "-" for t in n.inputs)
+                         for n in self.graph.nodes)
 
     def astype(self, dtype):
         """Compute in ``dtype`` from now on ("float64": the exact reference, default;
@@ -80,235 +99,205 @@ class Model:
         for layer in self.layers:
             _cast_layer(layer, dtype, set())
         self.dtype = dtype
-        self._plan, self._blocked = self._fuse()
-        self._chunks = {}
+        self._replan()
         return self
 
     def check_layers_fit(self):
-        """Run one dummy sample through the layers (called at load time), so weights
-        that do not fit the output of the layer before them are reported as a broken
-        file (ModelFileError naming the layer), not later as bad user input. When the
-        input shape has unknown non-batch sizes (tried as 1) a failure proves nothing
-        and is ignored."""
-        h, exact = self._probe_sample()
-        if h is None:
+        """Run one dummy sample through the graph (called at load time), so weights that
+        do not fit the output of the layer before them are reported as a broken file
+        (ModelFileError naming the layer), not later as bad user input. When an input has
+        unknown non-batch sizes (tried as 1) a failure proves nothing and is ignored."""
+        probe, exact = self._probe_sample()
+        if probe is None:
             return
-        mask = None
-        for layer in self.layers:
+
+        def check(step, xs, ms):
             try:
                 with np.errstate(all="ignore"):  # e.g. 0/0 when the dummy ids are all padding
-                    y = layer.forward(h, mask)
-                mask = layer.compute_mask(h, mask)
+                    return executor.run_step(step, xs, ms)
             except ValueError as e:
                 if isinstance(e, ScratchError) and not isinstance(e, InputError):
                     raise
                 if not exact:
-                    return
+                    raise _Inexact() from None
+                layer = step[0]
+                shapes = ", ".join(str((None,) + np.shape(x)[1:]) for x in xs if x is not None)
                 raise ModelFileError(
                     f"{layer.class_name} layer '{layer.name}': its weights do not fit its input, "
-                    f"of shape {(None,) + np.shape(h)[1:]} in this model ({e}); the file's "
-                    "weights and config do not belong together") from None
-            h = y
+                    f"of shape {shapes} in this model ({e}); the file's weights and config do "
+                    "not belong together") from None
+        try:
+            executor.run(self.graph, self._unfused, self._unfused_frees, probe, run_step=check)
+        except _Inexact:
+            return
 
     def _probe_sample(self):
-        """``(one dummy sample or None, whether its shape is the model's exact shape)``."""
-        if self.input_kind == "string":
-            return np.array(["a"], dtype=object), not self._keras_batches
-        shape = self.input_layer.batch_shape if self.input_layer else None
-        if shape is None:
-            return None, False
-        dims = tuple(1 if d is None else int(d) for d in shape[1:])
-        dtype = np.int64 if self.input_kind == "int" else self.dtype
-        return np.zeros((1,) + dims, dtype), None not in shape[1:]
-
-    def _fuse(self):
-        """``(plan, blocked)``: the execution plan for predict(), the same maths as the
-        layers with fewer passes, and the ids of the layers its fused convolutions run
-        block by block (the chunk size need not hold their outputs whole).
-
-        * Conv2D(linear) -> BatchNormalization -> ReLU folds into one Conv2D: BN at
-          inference is ``y * mul + add`` per channel, so ``conv(x, W) * mul + add ==
-          conv(x, W * mul) + add`` (to float64 rounding, ~1e-16 relative).
-        * Conv2D(relu/linear) followed by MaxPooling2D pools the raw convolution first
-          and adds bias + activation afterwards: max(x + b) = max(x) + b and
-          relu(max(x)) = max(relu(x)) hold exactly in floating point (monotonic ops),
-          and the bias/relu passes touch 4x less data. The convolution runs in blocks
-          of images (_conv_then_max_pool), so only the pooled output is held whole.
-        * Embedding -> RNN folds the table into the RNN's input projection."""
-        plan, i = [], 0
-        blocked = set()  # ids of the layers convolved block by block (see _fit_chunk)
-        while i < len(self.layers):
-            a = self.layers[i]
-            b = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            if isinstance(a, Embedding) and isinstance(b, (RNNBase, Bidirectional)):
-                # Embedding -> RNN: fold the embedding table into the RNN input
-                # projection ((E @ W + b)[ids] == E[ids] @ W + b), no per-token matmul
-                plan.append(("embed_rnn", a, b))
-                i += 2
+        """``(one dummy sample per input or None, whether their shapes are exact)``."""
+        probe, exact = [], True
+        for layer, kind in zip(self.input_layers, self.input_kinds):
+            if kind == "string":
+                probe.append(np.array(["a"], dtype=object))
+                exact = exact and not self._keras_batches
                 continue
-            a, used = _fold_batchnorm(self.layers, i)
-            b = self.layers[i + used] if i + used < len(self.layers) else None
-            if (isinstance(a, Conv2D) and isinstance(b, MaxPooling2D)
-                    and a.activation in (activations.relu, activations.linear)):
-                plan.append((a, b))
-                blocked.update(id(l) for l in self.layers[i:i + used + 1])
-                i += used + 1
-            else:
-                plan.append((a,))
-                i += used
-        return plan, blocked
+            shape = layer.batch_shape
+            if shape is None:
+                return None, False
+            dims = tuple(1 if d is None else int(d) for d in shape[1:])
+            exact = exact and None not in shape[1:]
+            probe.append(np.zeros((1,) + dims, np.int64 if kind == "int" else self.dtype))
+        return probe, exact
 
     # ------------------------------------------------------------------ input
+    def _split_inputs(self, x):
+        """The model's inputs as a list, from one array, a list/tuple or a dict by name."""
+        n = len(self.input_layers)
+        if isinstance(x, dict):
+            missing = [k for k in self.input_names if k not in x]
+            extra = [k for k in x if k not in self.input_names]
+            if missing or extra:
+                raise InputError(f"model '{self.name}' takes inputs {self.input_names}; the dict "
+                                 f"{'lacks ' + str(missing) if missing else ''}"
+                                 f"{' and ' if missing and extra else ''}"
+                                 f"{'has unknown ' + str(extra) if extra else ''}")
+            return [x[k] for k in self.input_names]
+        if n == 1:
+            if isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], np.ndarray):
+                return [x[0]]
+            return [x]
+        if not isinstance(x, (list, tuple)) or len(x) != n:
+            got = f"a {type(x).__name__} of {len(x)}" if isinstance(x, (list, tuple)) else \
+                f"one {type(x).__name__}"
+            raise InputError(f"model '{self.name}' has {n} inputs {self.input_names}: pass a list of "
+                             f"{n} arrays in that order or a dict keyed by those names, got {got}")
+        return list(x)
+
     def _prepare(self, x, allow_nonfinite=False):
-        if self.input_kind == "string":
+        xs = [self._prepare_one(v, layer, kind, allow_nonfinite)
+              for v, layer, kind in zip(self._split_inputs(x), self.input_layers, self.input_kinds)]
+        lengths = {len(v) for v in xs}
+        if len(lengths) > 1:
+            raise InputError(f"model '{self.name}': its inputs have different batch sizes "
+                             f"{[len(v) for v in xs]}; every input needs one row per sample")
+        return xs
+
+    def _prepare_one(self, x, input_layer, kind, allow_nonfinite):
+        where = f"model '{self.name}'" + (f" input '{input_layer.name}'" if len(self.input_layers) > 1 else "")
+        if kind == "string":
             return np.asarray(TextVectorization.as_strings(x), dtype=object)
         try:
             arr = np.asarray(x)
         except ValueError as e:  # ragged nested lists
-            raise InputError(f"input could not be converted to an array ({e}); "
+            raise InputError(f"{where}: input could not be converted to an array ({e}); "
                              "pass a rectangular numeric array") from None
-        shape = self.input_layer.batch_shape if self.input_layer else None
+        shape = input_layer.batch_shape if input_layer else None
         if shape is not None:
             if arr.ndim != len(shape):
                 hint = ""
                 if arr.ndim == len(shape) - 1:
                     hint = " (a single sample? add a batch axis: x[None])"
-                raise InputError(f"model '{self.name}' expects input of rank {len(shape)} "
+                raise InputError(f"{where} expects input of rank {len(shape)} "
                                  f"with shape (batch, {', '.join(str(s) for s in shape[1:])}), "
                                  f"got shape {arr.shape}{hint}")
             for i, (want, got) in enumerate(zip(shape[1:], arr.shape[1:]), start=1):
                 if want is not None and want != got:
                     what = "channels" if (i == len(shape) - 1 and arr.ndim == 4) else f"axis {i}"
-                    raise InputError(f"model '{self.name}' expects input shape (batch, "
+                    raise InputError(f"{where} expects input shape (batch, "
                                      f"{', '.join(str(s) for s in shape[1:])}); got {arr.shape} "
                                      f"(wrong {what}: expected {want}, got {got})")
-        if self.input_kind == "int":
+        if kind == "int":
             return arr  # id checks (dtype, range) are done by the Embedding layer
         if arr.dtype.kind not in "fiub":
-            raise InputError(f"model '{self.name}' expects a numeric float array, got dtype {arr.dtype}")
+            raise InputError(f"{where} expects a numeric float array, got dtype {arr.dtype}")
         # the input keeps its dtype here; each chunk is cast to the compute dtype when it
         # is processed (no full-size float64 copy of a large input)
         if not allow_nonfinite and arr.dtype.kind == "f":
             bad = first_nonfinite(arr)
             if bad is not None:
-                raise InputError(f"input contains NaN/inf (first at index {bad}); clean the data "
-                                 "or call predict(..., allow_nonfinite=True) to propagate it")
+                raise InputError(f"{where}: input contains NaN/inf (first at index {bad}); clean the "
+                                 "data or call predict(..., allow_nonfinite=True) to propagate it")
         return arr
 
-    def _as_compute(self, x):
-        """A float input chunk in the compute dtype (ids and strings pass unchanged)."""
-        return np.asarray(x, dtype=self.dtype) if self.input_kind == "float" else x
+    def _as_compute(self, xs):
+        """Input chunks in the compute dtype (ids and strings pass unchanged)."""
+        return [np.asarray(x, dtype=self.dtype) if kind == "float" else x
+                for x, kind in zip(xs, self.input_kinds)]
 
-    def _chunk_size(self, x):
-        """Pick a chunk so one chunk's largest activation (incl. im2col) fits the budget.
-        Sized for this call's sample shape (a variable-length input may be 10x longer
+    def _chunk_size(self, xs):
+        """Pick a chunk so one chunk's live activations (incl. im2col) fit the budget.
+        Sized for this call's sample shapes (a variable-length input may be 10x longer
         than in the previous call), cached per sample shape."""
-        key = x.shape[1:]
+        xs = xs if isinstance(xs, list) else [xs]
+        key = tuple(x.shape[1:] for x in xs)
         if key not in self._chunks:
             try:
-                self._chunks[key] = self._fit_chunk(self._as_compute(x[:1]))
+                probe = self._as_compute([x[:1] for x in xs])
+                per = executor.elements_per_sample(self.graph, self._plan, self._frees, probe)
             except InputError as e:
-                raise InputError(f"input of shape {x.shape} does not fit model '{self.name}': "
-                                 f"{e}") from None
+                raise InputError(f"input of shape {', '.join(str(x.shape) for x in xs)} does not fit "
+                                 f"model '{self.name}': {e}") from None
+            budget = RNN_CHUNK_BUDGET_BYTES if self._recurrent else CHUNK_BUDGET_BYTES
+            self._chunks[key] = int(max(1, min(MAX_CHUNK, budget // (8 * per))))
         chunk = self._chunks[key]
         if self._recurrent and self.n_workers > 1:  # one big chunk per worker is best
-            chunk = min(chunk, -(-len(x) // self.n_workers))
+            chunk = min(chunk, -(-len(xs[0]) // self.n_workers))
         return max(1, chunk)
 
-    def _fit_chunk(self, h):
-        """Samples per chunk for the one-sample input ``h``."""
-        per, mask = 1, None
-        for layer in self.layers:
-            y = layer.forward(h, mask)
-            mask = layer.compute_mask(h, mask)
-            size = np.asarray(y).size
-            if id(layer) in self._blocked:
-                # convolved block by block in predict (_conv_then_max_pool): only the
-                # step's input and its pooled output are held whole
-                held = np.asarray(h).size if isinstance(layer, Conv2D) else 0
-                per = max(per, held, size if isinstance(layer, MaxPooling2D) else 0)
-                h = y
-                continue
-            if isinstance(layer, (Conv2D, DepthwiseConv2D)):
-                k = layer.kernel
-                size += size // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
-            per = max(per, size, np.asarray(h).size)
-            h = y
-        budget = RNN_CHUNK_BUDGET_BYTES if self._recurrent else CHUNK_BUDGET_BYTES
-        return int(max(1, min(MAX_CHUNK, budget // (8 * per))))
-
     # -------------------------------------------------------------- inference
-    def _run_fast(self, x):
-        """predict() path: same maths as _run, with the fused steps of the plan."""
-        x = self._as_compute(x)
-        mask = None
-        for step in self._plan:
-            if step[0] == "embed_rnn":
-                emb, rnn = step[1], step[2]
-                ids = emb.check_ids(x)
-                mask = emb.compute_mask(ids, None)
-                y = rnn.forward_ids(ids, mask, emb.table)
-                mask = rnn.compute_mask(None, mask)
-                x = y
-                continue
-            if len(step) == 2:
-                conv, pool = step
-                y = _conv_then_max_pool(conv, pool, x)
-                relu = conv.activation is activations.relu
-                if not relu:
-                    tf_max_floor(y)
-                if conv.bias is not None:
-                    y += conv.bias
-                if relu:  # fmax: a window of only NaN gives relu(lowest + b) = 0, as in Keras
-                    np.fmax(y, 0.0, out=y)
-                x, mask = y, None
-                continue
-            layer = step[0]
-            y = layer.forward(x, mask)
-            mask = layer.compute_mask(x, mask)
-            x = y
-        return x
-
-    def _run(self, x, collect=False):
+    def _run(self, xs, collect=False):
+        """The outputs (a list) of the graph on one chunk; with ``collect``, an ordered
+        dict node name -> output of every node, unfused."""
+        xs = self._as_compute(xs)
         if not collect:
-            return self._run_fast(x)
-        x = self._as_compute(x)
+            return executor.run(self.graph, self._plan, self._frees, xs)
         outs = OrderedDict()
-        mask = None
-        for layer in self.layers:
-            y = layer.forward(x, mask)
-            mask = layer.compute_mask(x, mask)
-            x = y
-            if collect:
-                outs[layer.name] = np.asarray(x)
-        return outs if collect else x
+        names = {}
+        for alias, t in self.graph.aliases.items():
+            names.setdefault(t, []).append(alias)
+
+        def record(step, y):
+            for node in step.nodes:
+                outs[node.name] = np.asarray(y)
+            for alias in names.get(step.output, ()):
+                outs[alias] = np.asarray(y)
+        executor.run(self.graph, self._unfused, self._unfused_frees, xs, on_output=record)
+        return outs
+
+    def _structure(self, outs):
+        """The outputs as Keras returns them: one array, a list, or a dict by name."""
+        if self.graph.output_structure == "dict":
+            return dict(zip(self.output_names, outs))
+        if self.graph.output_structure == "list":
+            return list(outs)
+        return outs[0]
 
     def predict(self, x, batch_size=None, allow_nonfinite=False):
         """Forward pass; same shape/meaning as ``keras_model.predict(x)``, in the model's
-        compute dtype (float64 unless loaded with ``dtype="float32"``).
+        compute dtype (float64 unless loaded with ``dtype="float32"``). ``x``: an array,
+        or for a model with several inputs a list (input order) or a dict by input name;
+        several outputs come back as a list, or a dict when the model was built with one.
 
         ``batch_size`` only sets the internal chunk size (results do not depend on it),
         except after a TextVectorization without output_sequence_length: there, as in
         Keras, each batch of ``batch_size`` (default 32) texts is padded to its longest.
         Non-finite float input raises InputError unless ``allow_nonfinite=True``."""
-        x = self._prepare(x, allow_nonfinite)
+        xs = self._prepare(x, allow_nonfinite)
         # Always one BLAS thread per worker: OpenBLAS's own threading is slower for our
         # chunk-sized matmuls and pathologically slow (10x) when the CPUs are busy.
         with blas_threads(1):
-            return self._predict(x, batch_size)
+            return self._structure(self._predict(xs, batch_size))
 
-    def _predict(self, x, batch_size):
-        n = len(x)
-        if n == 0:
-            return np.asarray(self._run(x), dtype=self.dtype)
+    def _predict(self, xs, batch_size):
+        n = len(xs[0])
         if batch_size is not None and int(batch_size) <= 0:
             raise InputError(f"batch_size must be positive, got {batch_size}")
+        if n == 0:
+            return [np.asarray(o, dtype=self.dtype) for o in self._run(xs)]
         if batch_size:
             chunk = int(batch_size)
         else:
-            chunk = KERAS_PREDICT_BATCH if self._keras_batches else self._chunk_size(x)
+            chunk = KERAS_PREDICT_BATCH if self._keras_batches else self._chunk_size(xs)
         if n <= chunk:
-            return np.asarray(self._run(x), dtype=self.dtype)
+            return [np.asarray(o, dtype=self.dtype) for o in self._run(xs)]
         starts = list(range(0, n, chunk))
         workers = min(self.n_workers, len(starts))
         # Coarse-grained parallelism: each worker thread runs whole chunks with a
@@ -316,7 +305,7 @@ class Model:
         # This scales better than BLAS's own per-matmul threading, especially on
         # busy machines. Results do not depend on the number of workers.
         def work(s):
-            return np.asarray(self._run(x[s:s + chunk]), dtype=self.dtype)
+            return [np.asarray(o, dtype=self.dtype) for o in self._run([x[s:s + chunk] for x in xs])]
 
         if workers > 1:
             # every chunk, the first included, goes to the pool: with one chunk per
@@ -325,29 +314,46 @@ class Model:
                 parts = list(ex.map(work, starts))
         else:
             parts = [work(s) for s in starts]
-        _check_same_shapes(parts)
-        out = np.empty((n,) + parts[0].shape[1:], dtype=self.dtype)
-        for s, part in zip(starts, parts):
-            out[s:s + chunk] = part
-        return out
+        outs = []
+        for j in range(len(parts[0])):
+            pieces = [p[j] for p in parts]
+            _check_same_shapes(pieces)
+            out = np.empty((n,) + pieces[0].shape[1:], dtype=self.dtype)
+            for s, piece in zip(starts, pieces):
+                out[s:s + chunk] = piece
+            outs.append(out)
+        return outs
 
     def predict_classes(self, x, batch_size=None):
-        """argmax over the last axis of ``predict(x)``."""
-        return np.argmax(self.predict(x, batch_size), axis=-1)
+        """argmax over the last axis of ``predict(x)`` (of each output)."""
+        out = self.predict(x, batch_size)
+        if isinstance(out, dict):
+            return {k: np.argmax(v, axis=-1) for k, v in out.items()}
+        if isinstance(out, list):
+            return [np.argmax(v, axis=-1) for v in out]
+        return np.argmax(out, axis=-1)
 
     def intermediate_outputs(self, x, allow_nonfinite=False, batch_size=None):
-        """OrderedDict layer name -> output of that layer (unfused, layer by layer)
-        for the whole batch, computed in chunks of ``batch_size`` (default 256)."""
-        x = self._prepare(x, allow_nonfinite)
+        """OrderedDict node name -> output of that node (unfused, node by node, in the
+        order they run) for the whole batch, computed in chunks of ``batch_size`` (default
+        256). A layer called several times gives ``name``, ``name:1``, ...; the nodes of a
+        nested model are ``outer/inner_layer`` and its output is also named ``outer``."""
+        xs = self._prepare(x, allow_nonfinite)
         chunk = int(batch_size or 256)
+        n = len(xs[0])
         with blas_threads(1):
-            if len(x) <= chunk:
-                return self._run(x, collect=True)
-            parts = [self._run(x[s:s + chunk], collect=True) for s in range(0, len(x), chunk)]
+            if n <= chunk:
+                return self._run(xs, collect=True)
+            parts = [self._run([v[s:s + chunk] for v in xs], collect=True) for s in range(0, n, chunk)]
+        out = OrderedDict()
         for k in parts[0]:
-            _check_same_shapes([p[k] for p in parts])
-        return OrderedDict((k, np.concatenate([p[k] for p in parts])) for k in parts[0])
-
+            pieces = [p[k] for p in parts]
+            if all(np.ndim(q) and len(q) == min(chunk, n - i * chunk) for i, q in enumerate(pieces)):
+                _check_same_shapes(pieces)
+                out[k] = np.concatenate(pieces)
+            else:  # no batch axis (e.g. keras.ops.arange): the same in every chunk
+                out[k] = pieces[0]
+        return out
 
     # --------------------------------------------------------------- training
     def get_weights(self):
@@ -375,17 +381,17 @@ class Model:
                 layer.set_weights([np.array(w, dtype=self.dtype) for w in weights[i:i + n]])
                 _cast_layer(layer, self.dtype, set())
             i += n
-        self._plan, self._blocked = self._fuse()
-        self._chunks = {}
+        self._replan()
 
     def loss_and_gradients(self, x, y, training=False, seed=None, augmentation="error"):
         """``(loss, grads)``: Keras' ``SparseCategoricalCrossentropy()`` of the model's output
         against integer labels ``y`` (mean over the batch) and its gradient for each weight
         of ``keras_model.trainable_weights`` (same order and shapes), by a backward pass
-        through the unfused layers. ``training=True``: BatchNormalization uses batch
-        statistics and Dropout draws its own mask (from ``seed`` when given); random
-        augmentation layers raise unless ``augmentation="identity"``. Pure: no weight or
-        moving statistic changes."""
+        through the unfused graph (gradients add up where a tensor fans out, and a shared
+        layer's gradient is the sum over its calls). ``training=True``: BatchNormalization
+        uses batch statistics and Dropout draws its own mask (from ``seed`` when given);
+        random augmentation layers raise unless ``augmentation="identity"``. Pure: no
+        weight or moving statistic changes."""
         from .training import forward_backward
         with self._training_threads():
             loss, grads, _ = forward_backward(self, x, y, training, seed, augmentation)
@@ -413,23 +419,8 @@ class Model:
         save_model(self, path)
 
 
-def _conv_then_max_pool(conv, pool, x):
-    """max_pool(conv(x)) without bias and activation, the convolution done in blocks of
-    whole images whose im2col buffer takes at most ``CONV_BLOCK_BYTES``: each block's
-    patch buffer and matmul output stay in the CPU cache however large the chunk is."""
-    def block(xs):
-        return pool2d(conv._conv(xs), pool.pool, pool.strides, pool.padding, "max")
-    conv.check_rank(x, 4, "image batch (N, H, W, C)")
-    ho, wo, _ = conv_geometry(x.shape, conv.kernel.shape, conv.strides, conv.padding, conv.dilation)
-    per = max(1, CONV_BLOCK_BYTES // (ho * wo * conv.kernel[..., 0].size * x.dtype.itemsize))
-    if len(x) <= per:
-        return block(x)
-    first = block(x[:per])
-    out = np.empty((len(x),) + first.shape[1:], first.dtype)
-    out[:per] = first
-    for s in range(per, len(x), per):
-        out[s:s + per] = block(x[s:s + per])
-    return out
+class _Inexact(Exception):
+    """A load-time probe failed on guessed sizes: it proves nothing about the file."""
 
 
 def first_nonfinite(arr, block_bytes=FINITE_CHECK_BYTES):
@@ -470,28 +461,6 @@ def _cast_layer(obj, dtype, seen):
             setattr(obj, name, [v.astype(dtype) if v.dtype.kind == "f" else v for v in value])
         elif hasattr(value, "forward") and hasattr(value, "config"):  # a wrapped layer
             _cast_layer(value, dtype, seen)
-
-
-def _plain_relu(layer) -> bool:
-    return (isinstance(layer, ReLU) and layer.max_value is None and layer.negative_slope == 0.0
-            and layer.threshold == 0.0)
-
-
-def _fold_batchnorm(layers, i):
-    """``(layer, n_used)``: a Conv2D(linear) -> BatchNormalization(channels) [-> ReLU] run
-    starting at ``i`` as one folded Conv2D, else ``(layers[i], 1)``."""
-    conv = layers[i]
-    bn = layers[i + 1] if i + 1 < len(layers) else None
-    if not (type(conv) is Conv2D and conv.activation is activations.linear
-            and isinstance(bn, BatchNormalization) and bn.axis in (-1, 3)
-            and bn.mul.shape == (conv.kernel.shape[-1],)):
-        return conv, 1
-    folded = copy.copy(conv)
-    folded.kernel = np.ascontiguousarray(conv.kernel * bn.mul)
-    folded.bias = (conv.bias * bn.mul + bn.add) if conv.bias is not None else np.array(bn.add, copy=True)
-    relu = i + 2 < len(layers) and _plain_relu(layers[i + 2])
-    folded.activation = activations.relu if relu else activations.linear
-    return folded, 3 if relu else 2
 
 
 def first_divergence(scratch_outputs, keras_outputs, atol=1e-5, rtol=1e-5):

@@ -1,7 +1,7 @@
 """THE registry: Keras class name -> constructor ``(config, weights, class_name) -> Layer``.
 
 Adding a layer = writing a small Layer subclass and one entry here."""
-from . import attention, conv, conv_extra, core, layers_extra, recurrent, text
+from . import attention, conv, conv_extra, core, layers_extra, merge, recurrent, text
 
 # Layers that are the identity at inference time (training-only noise, augmentation,
 # regularisation). Keras runs them with training=False inside predict().
@@ -48,7 +48,7 @@ REGISTRY.update({
     "TextVectorization": text.TextVectorization,
 })
 # modules that declare their own LAYERS table
-for _module in (conv_extra, layers_extra, attention):
+for _module in (conv_extra, layers_extra, attention, merge):
     REGISTRY.update(_module.LAYERS)
 
 # Layers we refuse with a specific explanation.

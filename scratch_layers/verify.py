@@ -39,7 +39,13 @@ def float64_twin(keras_model):
     the same weights cast to float64 (TextVectorization vocabularies copied over)."""
     import keras
 
-    twin = type(keras_model).from_config(_float64_config(keras_model.get_config()))
+    # the global policy too: a nested Sequential's from_config drops its own dtype
+    old_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
+    try:
+        twin = type(keras_model).from_config(_float64_config(keras_model.get_config()))
+    finally:
+        keras.config.set_dtype_policy(old_policy)
     twin.set_weights([w.astype(np.float64) if w.dtype == np.float32 else w
                       for w in keras_model.get_weights()])
     for src, dst in zip(keras_model.layers, twin.layers):
@@ -52,15 +58,40 @@ def as_float64(x):
     return x.astype(np.float64) if getattr(x, "dtype", None) == np.float32 else x
 
 
-def keras_intermediate_outputs(keras_model, x) -> dict[str, np.ndarray]:
-    """Output of every non-input layer of a Keras model, by layer name."""
+def keras_node_outputs(keras_model):
+    """``[(name, KerasTensor)]``: the output of every call of a layer or operation in the
+    model's graph, named as :meth:`scratch_layers.Model.intermediate_outputs` names them
+    (``layer``, ``layer:1`` for its second call in this model, a nested model's call by the
+    nested model's name)."""
     import keras
 
-    layers = [l for l in keras_model.layers if not isinstance(l, keras.layers.InputLayer)]
-    probe = keras.Model(keras_model.inputs, [l.output for l in layers])
+    own = getattr(keras_model, "_nodes", None)
+    out = []
+    for op in keras_model.operations:
+        if isinstance(op, keras.layers.InputLayer):
+            continue
+        pos = 0
+        for index, node in enumerate(op._inbound_nodes):
+            if own is not None and f"{id(op)}_ib-{index}" not in own:
+                continue
+            if node.outputs:
+                out.append((op.name if pos == 0 else f"{op.name}:{pos}", node.outputs[0]))
+            pos += 1
+    return out
+
+
+def keras_intermediate_outputs(keras_model, x) -> dict[str, np.ndarray]:
+    """Output of every node (non-input layer or operation call) of a Keras model, by the
+    names :func:`keras_node_outputs` gives."""
+    import keras
+
+    named = keras_node_outputs(keras_model)
+    if not named:
+        return {}
+    probe = keras.Model(keras_model.inputs, [t for _, t in named])
     outs = probe.predict(x, batch_size=KERAS_BATCH, verbose=0)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
-    return {l.name: np.asarray(o) for l, o in zip(layers, outs)}
+    return {name: np.asarray(o) for (name, _), o in zip(named, outs)}
 
 
 def max_abs_diff(a, b) -> float | None:

@@ -369,6 +369,7 @@ def test_blockwise_conv_in_predict_equals_the_whole_chunk(tmp_path, monkeypatch)
     step, blocks bounded by CONV_BLOCK_BYTES); blocks of 1, 3 (ragged last block) and
     all 10 images give the same output, and the chunk is sized by the activations held
     whole (here the input), not by conv1's output and im2col."""
+    import scratch_layers.executor as executor_mod
     import scratch_layers.model as model_mod
     from keras_factories import randomize_weights, save_load
     k = keras()
@@ -378,7 +379,7 @@ def test_blockwise_conv_in_predict_equals_the_whole_chunk(tmp_path, monkeypatch)
     per_image = 32 * 32 * 3 * 3 * 3 * 8  # conv1's im2col bytes for one float64 image
     outs = []
     for images in (1, 3, 10):
-        monkeypatch.setattr(model_mod, "CONV_BLOCK_BYTES", images * per_image)
+        monkeypatch.setattr(executor_mod, "CONV_BLOCK_BYTES", images * per_image)
         outs.append(sm.predict(x))
     np.testing.assert_allclose(outs[0], outs[2], rtol=0, atol=1e-14)
     np.testing.assert_allclose(outs[1], outs[2], rtol=0, atol=1e-14)

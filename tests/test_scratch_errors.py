@@ -207,25 +207,6 @@ def test_lambda_layer_refused(tmp_path):
         scratch_layers.load_model(tmp_path / "lam.keras")
 
 
-def test_non_linear_graph(tmp_path):
-    k = keras()
-    inp = k.Input((4,))
-    a, b = k.layers.Dense(3)(inp), k.layers.Dense(3)(inp)
-    m = k.Model(inp, k.layers.Add()([a, b]))
-    m.save(tmp_path / "add.keras")
-    with pytest.raises(UnsupportedLayerError, match="non-linear graph.*'add'.*2 input tensors"):
-        scratch_layers.load_model(tmp_path / "add.keras")
-
-
-def test_multi_input_model(tmp_path):
-    k = keras()
-    i1, i2 = k.Input((4,)), k.Input((4,))
-    m = k.Model([i1, i2], k.layers.Concatenate()([i1, i2]))
-    m.save(tmp_path / "two.keras")
-    with pytest.raises(UnsupportedLayerError, match="2 inputs"):
-        scratch_layers.load_model(tmp_path / "two.keras")
-
-
 @pytest.mark.parametrize("kw,fragment", [
     (dict(return_state=True), "return_state"),
     (dict(stateful=True), "stateful"),

@@ -1,0 +1,222 @@
+"""Running a :class:`~scratch_layers.graph.Graph`: predict's plan (fusions), liveness, and
+one generic loop over the plan's steps.
+
+A *step* reads tensor ids and writes one. Most steps are one node. Where an intermediate
+tensor has a single consumer (and is not a model output) predict fuses, with exactly the
+layers' maths:
+
+* Conv2D(linear) -> BatchNormalization -> [ReLU] folds into one Conv2D: BN at inference
+  is ``y * mul + add`` per channel, so ``conv(x, W) * mul + add == conv(x, W * mul) + add``
+  (to float64 rounding, ~1e-16 relative).
+* Conv2D(relu/linear) -> MaxPooling2D pools the raw convolution first and adds bias and
+  activation afterwards: ``max(x + b) = max(x) + b`` and ``relu(max(x)) = max(relu(x))``
+  hold exactly in floating point (monotonic ops), and the bias/relu passes touch 4x less
+  data. The convolution runs in blocks of images (:func:`conv_then_max_pool`), so only
+  the pooled output is held whole.
+* Embedding -> RNN folds the table into the RNN's input projection:
+  ``(E @ W + b)[ids] == E[ids] @ W + b``.
+
+After each step, every tensor whose last reader has run is freed, so a chunk holds only
+the live tensors, not every intermediate.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from . import activations
+from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D, conv_geometry, pool2d, tf_max_floor
+from .core import BatchNormalization, Embedding, ReLU
+from .recurrent import Bidirectional, RNNBase
+
+# im2col buffer per block of images in the fused Conv2D -> MaxPooling2D step: the patches
+# stay in the CPU cache, while the chunk is sized by the activations held whole.
+CONV_BLOCK_BYTES = 2 ** 21
+
+
+class Step(tuple):
+    """One step of the plan: a tuple of the layers it runs — ``(layer,)``, ``(conv, pool)``
+    (fused, convolved block by block) or ``("embed_rnn", embedding, rnn)`` — with the
+    tensor ids it reads (``inputs``), writes (``output``), the graph nodes it covers
+    (``nodes``) and its call options."""
+
+    def __new__(cls, layers, inputs, output, nodes, options=None):
+        step = super().__new__(cls, layers)
+        step.inputs, step.output, step.nodes, step.options = list(inputs), output, list(nodes), options or {}
+        return step
+
+
+def _plain_relu(layer) -> bool:
+    return (isinstance(layer, ReLU) and layer.max_value is None and layer.negative_slope == 0.0
+            and layer.threshold == 0.0)
+
+
+def _fold_batchnorm(conv, bn, relu):
+    """One Conv2D equal to Conv2D(linear) -> BatchNormalization(channels) [-> ReLU]."""
+    folded = copy.copy(conv)
+    folded.kernel = np.ascontiguousarray(conv.kernel * bn.mul)
+    folded.bias = (conv.bias * bn.mul + bn.add) if conv.bias is not None else np.array(bn.add, copy=True)
+    folded.activation = activations.relu if relu else activations.linear
+    return folded
+
+
+def plan_steps(graph, fuse=True):
+    """``(steps, blocked)``: predict's plan for ``graph`` and the ids of the layers its fused
+    convolutions run block by block (the chunk size need not hold their outputs whole)."""
+    nodes = graph.nodes
+    consumers = graph.consumers()
+    outputs = set(graph.outputs)
+    producer = {n.output: i for i, n in enumerate(nodes)}
+
+    def sole_consumer(i):
+        """The node that alone reads node i's output (and only through one input), or None."""
+        t = nodes[i].output
+        readers = consumers.get(t, [])
+        if t in outputs or len(readers) != 1:
+            return None
+        j = readers[0]
+        return j if nodes[j].inputs == [t] and not getattr(nodes[j].layer, "multi_input", False) else None
+
+    steps, blocked, done = [], set(), set()
+    for i, node in enumerate(nodes):
+        if i in done:
+            continue
+        layer = node.layer
+        if not fuse or getattr(layer, "multi_input", False):
+            steps.append(Step((layer,), node.inputs, node.output, [node], node.options))
+            continue
+        nxt = sole_consumer(i)
+        if isinstance(layer, Embedding) and nxt is not None and isinstance(nodes[nxt].layer, (RNNBase, Bidirectional)):
+            steps.append(Step(("embed_rnn", layer, nodes[nxt].layer), node.inputs, nodes[nxt].output,
+                              [node, nodes[nxt]]))
+            done.add(nxt)
+            continue
+        chain, last = [i], i
+        if (type(layer) is Conv2D and layer.activation is activations.linear and nxt is not None
+                and isinstance(nodes[nxt].layer, BatchNormalization) and nodes[nxt].layer.axis in (-1, 3)
+                and nodes[nxt].layer.mul.shape == (layer.kernel.shape[-1],)):
+            bn = nodes[nxt].layer
+            chain.append(nxt)
+            after = sole_consumer(nxt)
+            relu = after is not None and _plain_relu(nodes[after].layer)
+            if relu:
+                chain.append(after)
+            layer = _fold_batchnorm(layer, bn, relu)
+            last = chain[-1]
+        pool = sole_consumer(last)
+        if (isinstance(layer, Conv2D) and pool is not None and isinstance(nodes[pool].layer, MaxPooling2D)
+                and layer.activation in (activations.relu, activations.linear)):
+            chain.append(pool)
+            covered = [nodes[j] for j in chain]
+            blocked.update(id(n.layer) for n in covered)
+            steps.append(Step((layer, nodes[pool].layer), node.inputs, nodes[pool].output, covered))
+        else:
+            covered = [nodes[j] for j in chain]
+            steps.append(Step((layer,), node.inputs, nodes[chain[-1]].output, covered, node.options))
+        done.update(chain)
+    # a fused chain runs at its first node's place: its later nodes read only the chain
+    return steps, blocked
+
+
+def last_uses(steps, keep):
+    """tensor id -> index of the last step that reads it (tensors in ``keep`` are never freed)."""
+    last = {}
+    for i, step in enumerate(steps):
+        for t in step.inputs:
+            if t is not None and t not in keep:
+                last[t] = i
+    frees = [[] for _ in steps]
+    for t, i in last.items():
+        frees[i].append(t)
+    return frees
+
+
+def run_step(step, xs, masks):
+    """``(output, mask)`` of one step on its input arrays and masks."""
+    head = step[0]
+    if head == "embed_rnn":
+        emb, rnn = step[1], step[2]
+        ids = emb.check_ids(xs[0])
+        mask = emb.compute_mask(ids, None)
+        return rnn.forward_ids(ids, mask, emb.table), rnn.compute_mask(None, mask)
+    if len(step) == 2:
+        conv, pool = step
+        y = conv_then_max_pool(conv, pool, xs[0])
+        relu = conv.activation is activations.relu
+        if not relu:
+            tf_max_floor(y)
+        if conv.bias is not None:
+            y += conv.bias
+        if relu:  # fmax: a window of only NaN gives relu(lowest + b) = 0, as in Keras
+            np.fmax(y, 0.0, out=y)
+        return y, None
+    if getattr(head, "multi_input", False):
+        return head.forward(xs, masks, **step.options), head.compute_mask(xs, masks, **step.options)
+    return head.forward(xs[0], masks[0]), head.compute_mask(xs[0], masks[0])
+
+
+def run(graph, steps, frees, inputs, on_output=None, run_step=run_step):
+    """Run ``steps`` on the input arrays (one per graph input); returns the outputs' arrays.
+    ``on_output(step, y)``, when given, sees every step's output (before it may be freed);
+    ``run_step`` computes one step (the load-time check wraps it)."""
+    values = dict(zip(graph.inputs, inputs))
+    masks = dict.fromkeys(graph.inputs)
+    for step, free in zip(steps, frees):
+        xs = [None if t is None else values[t] for t in step.inputs]
+        ms = [None if t is None else masks[t] for t in step.inputs]
+        y, mask = run_step(step, xs, ms)
+        values[step.output], masks[step.output] = y, mask
+        if on_output is not None:
+            on_output(step, y)
+        for t in free:
+            del values[t], masks[t]
+    return [values[t] for t in graph.outputs]
+
+
+def conv_then_max_pool(conv, pool, x):
+    """max_pool(conv(x)) without bias and activation, the convolution done in blocks of
+    whole images whose im2col buffer takes at most ``CONV_BLOCK_BYTES``: each block's
+    patch buffer and matmul output stay in the CPU cache however large the chunk is."""
+    def block(xs):
+        return pool2d(conv._conv(xs), pool.pool, pool.strides, pool.padding, "max")
+    conv.check_rank(x, 4, "image batch (N, H, W, C)")
+    ho, wo, _ = conv_geometry(x.shape, conv.kernel.shape, conv.strides, conv.padding, conv.dilation)
+    per = max(1, CONV_BLOCK_BYTES // (ho * wo * conv.kernel[..., 0].size * x.dtype.itemsize))
+    if len(x) <= per:
+        return block(x)
+    first = block(x[:per])
+    out = np.empty((len(x),) + first.shape[1:], first.dtype)
+    out[:per] = first
+    for s in range(per, len(x), per):
+        out[s:s + per] = block(x[s:s + per])
+    return out
+
+
+def elements_per_sample(graph, steps, frees, probe):
+    """The most array elements one sample holds at once while the plan runs on ``probe``
+    (one sample per input): at each step the larger of its largest input and its output
+    (plus a convolution's im2col buffer), plus every other live tensor (a skip
+    connection waiting for its merge). A fused step that convolves in blocks holds only
+    its input and its pooled output."""
+    sizes = {t: np.asarray(x).size for t, x in zip(graph.inputs, probe)}
+    per = max(sizes.values(), default=1)
+    values = dict(zip(graph.inputs, probe))
+    masks = dict.fromkeys(graph.inputs)
+    for step, free in zip(steps, frees):
+        xs = [None if t is None else values[t] for t in step.inputs]
+        ms = [None if t is None else masks[t] for t in step.inputs]
+        y, mask = run_step(step, xs, ms)
+        values[step.output], masks[step.output] = y, mask
+        out = np.asarray(y).size
+        layer = step[0]
+        if isinstance(layer, (Conv2D, DepthwiseConv2D)) and len(step) == 1:
+            k = layer.kernel
+            out += out // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
+        read = {t for t in step.inputs if t is not None}
+        others = sum(n for t, n in sizes.items() if t not in read)
+        per = max(per, max([sizes[t] for t in read] + [out]) + others)
+        sizes[step.output] = np.asarray(y).size
+        for t in free:
+            del values[t], masks[t], sizes[t]
+    return per
