@@ -4,7 +4,10 @@ Tests hand their measurements over with :func:`record`, which stores them in the
 ``user_properties`` (these also travel from pytest-xdist workers); this plugin gathers
 them on the controlling process from the call phase only and, when ``--html`` is given,
 writes ``results.json`` beside the report (:mod:`experiments.results`) and adds the
-scratchnet sections (:mod:`experiments.report_html`) to the pytest-html page.
+scratchnet sections (:mod:`experiments.report_page`) to the pytest-html page: the
+answer and contents before pytest-html's summary, the report's sections after it, and
+pytest-html's own test table last, hidden behind one checkbox, each row's log reduced
+to what helps (a skip reason, a failure; no captured TensorFlow chatter).
 """
 from __future__ import annotations
 
@@ -17,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from . import report_backward
-from . import report_html as sections
+from . import report_page
 from . import results
 from .data import DATA_DIR_ENV
 from .families import all_families
@@ -94,11 +96,23 @@ def results_document(config) -> dict:
                     seeds={fam.name: {"seeds": list(fam.recipe[config.scratchnet_profile]["seeds"]),
                                       "baseline_seeds": list(fam.seeds(config.scratchnet_profile, fam.baseline))}
                            for fam in all_families()},
-                    **doc, benchmarks=_by_kind("bench"), training_benchmarks=_by_kind("bench_train"), layer_divergence=_by_kind("layers"))
+                    **doc, references=_references(),
+                    benchmarks=_by_kind("bench"), training_benchmarks=_by_kind("bench_train"),
+                    layer_divergence=_by_kind("layers"))
     return _DOC
 
 
-def pytest_sessionfinish(session):
+def _references() -> dict:
+    """Reference baselines per family (cached in reports/references.json; see
+    :mod:`experiments.references`); a failure is reported in the document, not raised."""
+    from . import references
+    try:
+        return references.for_families(all_families())
+    except Exception as exc:  # noqa: BLE001 - the report must still be written
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _write_results(session):
     config = session.config
     htmlpath = getattr(config.option, "htmlpath", None)
     if hasattr(config, "workerinput") or not htmlpath or not _by_kind("run"):
@@ -110,41 +124,64 @@ def pytest_sessionfinish(session):
     os.replace(tmp, out)
 
 
-def _examples(doc: dict) -> dict:
-    """Misclassified test items of each family's selected model, as HTML."""
-    out = {}
-    for fam in all_families():
-        sel = doc["selected"].get(fam.name)
-        if sel and sel.get("misclassified"):
-            splits = fam.load_data()
-            out[fam.name] = sections.misclassified_html(fam.name, sel, splits.x_test, splits.class_names)
-    return out
-
-
 def pytest_html_report_title(report):
     report.title = "scratchnet: studies and scratch_layers verification"
 
 
 def pytest_html_results_summary(prefix, summary, postfix, session):
-    titles = {f.name: f.title for f in all_families()}
-    parts = [sections.STYLE, '<div class="scratchnet">',
-             "<h2>scratchnet: Keras studies, verified against a from-scratch NumPy forward pass</h2>"]
     if not _by_kind("run"):
-        parts.append("<p>No study model was verified in this session, so there are no study "
-                     "sections (run without <code>-m</code> filters, or with a family marker).</p></div>")
-        prefix.extend(parts)
+        prefix.extend([report_page.html.STYLE, '<div class="scratchnet">',
+                       "<h2>scratchnet: Keras studies, verified against a from-scratch NumPy forward pass</h2>",
+                       "<p>No study model was verified in this session, so there are no study sections "
+                       "(run without <code>-m</code> filters, or with a family marker).</p></div>"])
+        summary.append(report_page.tests_toggle())
         return
     doc = results_document(session.config)
-    parts += [sections.answer_section(doc, titles), sections.toc(doc, titles), "</div>"]
-    prefix.extend(parts)
-    body = ['<div class="scratchnet">', "<h2>Studies</h2>"]
-    for study in doc["studies"]:
-        vs = [v for v in doc["variants"] if v["family"] == study["family"] and v["study"] == study["study"]]
-        body.append(sections.study_section(study, vs, titles[study["family"]]))
-    body += [sections.selected_section(doc, titles, _examples(doc)),
-             sections.verification_section(doc, doc["layer_divergence"]),
-             sections.recipe_section(doc, titles),
-             sections.benchmark_section(doc["benchmarks"], doc["environment"].get("blas")),
-             report_backward.backward_section(_by_kind("backward"), _by_kind("bench_train")),
-             sections.provenance_section(doc["environment"], doc), "</div>"]
-    postfix.extend(body)
+    before, after = report_page.sections(doc, report_page.examples(doc), _by_kind("backward"))
+    prefix.extend(before)
+    postfix.extend(after)
+    summary.append(report_page.tests_toggle(session.testscollected))
+
+
+_NOISE = ("retracing", "tf.function", "triggered tf.function", "WARNING: All log messages before absl")
+
+
+def clean_log(report, data: list) -> None:
+    """pytest-html's log cell of one test, cut to what a reader needs: a skip's reason (not
+    the raw ``(path, line, reason)`` tuple), a failure's traceback and output without
+    TensorFlow's retracing warnings, and nothing for a pass (its output is in the terminal)."""
+    if report.skipped:
+        lr = report.longrepr
+        reason = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+        data[:] = [html_escape(reason)]
+    elif report.passed:
+        data[:] = ["passed (captured output is not kept in the report)"]
+    else:
+        data[:] = ["\n".join(line for line in chunk.splitlines() if not any(n in line for n in _NOISE))
+                   for chunk in data]
+
+
+def html_escape(x: str) -> str:
+    import html
+    return html.escape(x)
+
+
+def pytest_html_results_table_html(report, data):
+    clean_log(report, data)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session):
+    """``results.json`` beside the report; and, after pytest-html has written the page, the
+    viewport tag its template lacks."""
+    result = yield
+    _write_results(session)
+    htmlpath = getattr(session.config.option, "htmlpath", None)
+    if htmlpath and not hasattr(session.config, "workerinput"):
+        path = Path(htmlpath)
+        if path.exists():
+            page = path.read_text(encoding="utf-8")
+            fixed = report_page.add_viewport(page)
+            if fixed != page:
+                path.write_text(fixed, encoding="utf-8")
+    return result

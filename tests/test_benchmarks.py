@@ -1,7 +1,9 @@
 """Forward-pass speed, scratch vs Keras, on each family's baseline over its whole test split.
 
 Three implementations side by side: Keras ``predict`` (float32), scratch in float64
-(the exact reference, the default) and scratch in float32 (``dtype="float32"``).
+(the exact reference, the default) and scratch in float32 (``dtype="float32"``); for the
+CNN a fourth, ONNX Runtime on the model exported with ``keras_model.export(format="onnx")``
+(see :mod:`experiments.onnx_export`), the engine Keras models are often deployed on.
 The baselines are the models the speed targets name: the CIFAR CNN with 3 conv blocks
 (32-64-128, 3x3, same, max pool, Dense 128, Dense 10) on 10,000 images, and the
 bidirectional SimpleRNN / LSTM on the 400 NusaX test texts.  Both run in one session
@@ -59,6 +61,30 @@ def test_forward_speed(benchmark, bench_models, family, impl, request):
             f"{impl}: max |p - p_keras| {np.abs(out - ref).max():.3g} on {len(x)} test items"
         print(f"{family.name} {impl}: max |p - p_keras| {np.abs(out - ref).max():.2e} on {len(x)} items")
     _record(benchmark, request, family, impl, tm.entry.path.name, len(x))
+
+
+@pytest.fixture(scope="session")
+def onnx_model(bench_models, tmp_path_factory):
+    """The baseline exported to ONNX (augmentation dropped: identity at inference) in ONNX Runtime."""
+    pytest.importorskip("onnxruntime")
+    from experiments.onnx_export import OrtModel, export
+    tm, keras_model, _, x = bench_models
+    if x.dtype == object:
+        pytest.skip("text family: TextVectorization takes strings, which the ONNX export does not cover")
+    return OrtModel(export(keras_model, tmp_path_factory.mktemp("onnx") / "model.onnx"))
+
+
+def test_forward_speed_onnxruntime(benchmark, bench_models, onnx_model, family, request):
+    """ONNX Runtime, timed in the same session as Keras and scratch (same inputs, same check)."""
+    tm, _, _, x = bench_models
+    onnx_model.predict(x[:KERAS_BATCH])
+    benchmark.group = f"{family.name}: forward pass over {len(x)} test items"
+    out = benchmark.pedantic(lambda: onnx_model.predict(x), rounds=5, iterations=1, warmup_rounds=1)
+    ref = request.getfixturevalue("keras_reference")
+    assert np.allclose(out, ref, atol=ATOL, rtol=RTOL), \
+        f"onnxruntime: max |p - p_keras| {np.abs(out - ref).max():.3g} on {len(x)} test items"
+    print(f"{family.name} onnxruntime: max |p - p_keras| {np.abs(out - ref).max():.2e} on {len(x)} items")
+    _record(benchmark, request, family, "onnxruntime", tm.entry.path.name, len(x))
 
 
 SCATTERED = "token ids, padding scattered inside rows"

@@ -51,7 +51,8 @@ def text_family(name: str, title: str, cell: str) -> Family:
 
 
 TEXT_STUDIES = (
-    Study("layers", "layers", (1, 2, 3), "Number of recurrent layers", lambda v: f"{v} layer(s)",
+    Study("layers", "layers", (1, 2, 3), "Number of recurrent layers",
+          lambda v: f"{v} layer" + ("" if v == 1 else "s"),
           also_changes="Each extra layer reads the full sequence of the one below, so depth also "
                        "adds parameters and the length of the gradient path."),
     Study("units", "units", (32, 64, 128), "Units per recurrent layer", lambda v: f"{v} units",
