@@ -349,7 +349,7 @@ class LeakyRelu(Unary):
         return A.leaky_relu(x, float(self.negative_slope))
 
     def dfn(self, x, y, dy):
-        return np.where(x > 0, dy, float(self.negative_slope) * dy)
+        return A.leaky_relu_grad(x, dy, float(self.negative_slope))
 
 
 class Elu(Unary):
@@ -454,6 +454,17 @@ Less = _comparison("Less", np.less)
 LessEqual = _comparison("LessEqual", np.less_equal)
 Equal = _comparison("Equal", np.equal)
 NotEqual = _comparison("NotEqual", np.not_equal)
+LogicalAnd = _comparison("LogicalAnd", np.logical_and)
+LogicalOr = _comparison("LogicalOr", np.logical_or)
+LogicalXor = _comparison("LogicalXor", np.logical_xor)
+
+
+class LogicalNot(Unary):
+    def compute(self, x):
+        return np.logical_not(x)
+
+    def grad(self, dy, y, x):
+        return {}
 
 
 class Where(Op):
@@ -772,7 +783,7 @@ class _OpTable(dict):
 OPS = _OpTable({cls.__name__: cls for cls in (
     Add, Subtract, Multiply, Divide, TrueDivide, Power, Negative, Square, Sqrt, Absolute, Exp,
     Log, Log1p, Expm1, Maximum, Minimum, Clip, Where, Greater, GreaterEqual, Less, LessEqual,
-    Equal, NotEqual, Relu, Relu6, Sigmoid, Tanh, Softmax, LogSoftmax, Gelu, Silu, HardSigmoid,
+    Equal, NotEqual, LogicalAnd, LogicalOr, LogicalXor, LogicalNot, Relu, Relu6, Sigmoid, Tanh, Softmax, LogSoftmax, Gelu, Silu, HardSigmoid,
     HardSilu, LeakyRelu, Elu, Selu, Celu, Softplus, Softsign, LogSigmoid, Reshape, Transpose,
     ExpandDims, Squeeze, GetItem, Arange, Concatenate, Stack, Mean, Sum, Max, Min, Matmul, Cast)})
 OPS["Abs"] = Absolute

@@ -366,3 +366,125 @@ def test_op(case, record_property):
     record_property("max_abs_diff_float64", d64)
     record_property("max_abs_diff_float32", d32)
     record_property("max_grad_diff_float64", dg)
+
+
+# ----------------------------------------------------------------------------- saved config fixture
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "ops_functional.json")
+
+
+def build_ops_model(k):
+    """A Functional model calling every supported op (tests/fixtures/ops_functional.json is
+    its saved config.json, written by Keras 3.15.1)."""
+    o = k.ops
+    x, p, b = k.Input((6,), name="x"), k.Input((6,), name="p"), k.Input((6,), name="b")
+    s, s4, q = k.Input((3, 5), name="s"), k.Input((3, 2, 5), name="s4"), k.Input((1, 5), name="q")
+    n = k.Input((6,), dtype="int32", name="n")
+    outs = [x + b, x * 0.5, 2.0 - x, x / p, x ** 2, -x, o.power(p, 2.5), o.power(p, b),
+            o.divide(x, p), o.square(x), o.sqrt(p), o.abs(x), o.absolute(x), o.exp(x), o.log(p),
+            o.log1p(p), o.expm1(x), o.maximum(x, 0.3), o.minimum(x, b), o.clip(x, -0.5, 1),
+            o.where(x > 0, x, b), o.where(o.greater_equal(x, b), 1.0, x),
+            o.where(o.less(x, b) | o.less_equal(x, 0.2), x, 0.0),
+            o.where(o.logical_and(x > 0, ~(b > 0)) ^ o.logical_not(x < 1), x, b),
+            o.cast(o.equal(x, b), "float32") + o.cast(o.not_equal(x, 0.5), "float32"),
+            o.relu(x), o.relu6(x * 4), o.sigmoid(x), o.tanh(x), o.softmax(s, axis=1),
+            o.log_softmax(s), o.gelu(x), o.gelu(x, approximate=False), o.silu(x), o.swish(x),
+            o.hard_sigmoid(x), o.hard_silu(x), o.hard_swish(x), o.leaky_relu(x, 0.1),
+            o.elu(x, 0.7), o.selu(x), o.celu(x, 0.8), o.softplus(x), o.softsign(x),
+            o.log_sigmoid(x), o.reshape(s, (-1, 15)), o.transpose(s, (0, 2, 1)),
+            o.expand_dims(x, 1), o.squeeze(q, 1), s[:, 1:3], s[..., None, 0], s[:, ::-1, 2],
+            s4[:, 1, None, ..., 0:4:2], s[:, -1], x[:, :5] + o.arange(5, dtype="float32"),
+            x + np.linspace(0, 1, 6).astype("float32"), o.concatenate([x, b], axis=-1),
+            o.stack([x, b], axis=1), o.mean(s, axis=1, keepdims=True), o.sum(s, axis=(1, 2)),
+            o.max(s, axis=-1), o.max(s, axis=(1, 2), keepdims=True, initial=0.5),
+            o.min(s4, axis=(1, -1)), o.matmul(s, o.transpose(s, (0, 2, 1))),
+            o.matmul(s, np.ones((5, 2), "float32")), o.cast(n, "float32") * x]
+    return k.Model([x, p, b, s, s4, q, n], outs)
+
+
+def _fixture_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = {"x": (4, 6), "p": (4, 6), "b": (4, 6), "s": (4, 3, 5), "s4": (4, 3, 2, 5), "q": (4, 1, 5)}
+    xs = {name: np.round(rng.normal(0, 1, sh) * 2) / 2 + (0.25 if name == "b" else 0)
+          for name, sh in shapes.items()}
+    xs["p"] = np.abs(xs["p"]) + 0.3
+    xs["n"] = rng.integers(-3, 4, (4, 6)).astype(np.int32)
+    return xs
+
+
+def _run_config(cfg, feed):
+    """A minimal executor for the fixture (Inputs and ops only): TensorRef -> array."""
+    values = {}
+    for layer in cfg["config"]["layers"]:
+        name = layer["name"]
+        if layer["class_name"] == "InputLayer":
+            values[(name, 0, 0)] = feed[name]
+            continue
+        assert layer["module"].startswith("keras.src.ops"), layer["module"]
+        op = sops.OPS[layer["class_name"]](layer["config"], [], layer["class_name"])
+        (node,) = layer["inbound_nodes"]
+        refs, options = op.split_call(refs_from_config(node["args"]),
+                                      refs_from_config(node["kwargs"]))
+        xs = [values[r.key()] for r in refs]
+        values[(name, 0, 0)] = op.forward(xs, [None] * len(xs), **options)
+    return [values[tuple(t)] for t in cfg["config"]["output_layers"]]
+
+
+def test_fixture_config_split_call():
+    """Every op entry of a saved config.json: split_call finds exactly the recorded tensors
+    (in call order) and the constants; every supported op class is in the fixture."""
+    with open(FIXTURE) as f:
+        cfg = json.load(f)
+    seen = set()
+    for layer in cfg["config"]["layers"]:
+        if not layer["module"].startswith("keras.src.ops"):
+            continue
+        seen.add(layer["class_name"])
+        op = sops.OPS[layer["class_name"]](layer["config"], [], layer["class_name"])
+        (node,) = layer["inbound_nodes"]
+        refs, options = op.split_call(refs_from_config(node["args"]), refs_from_config(node["kwargs"]))
+        recorded = []
+
+        def walk(obj):
+            if isinstance(obj, dict) and obj.get("class_name") == "__keras_tensor__":
+                recorded.append(tuple(obj["config"]["keras_history"]))
+            elif isinstance(obj, dict):
+                [walk(v) for v in obj.values()]
+            elif isinstance(obj, list):
+                [walk(v) for v in obj]
+        walk(node["args"])
+        walk(node["kwargs"])
+        assert [r.key() for r in refs] == recorded, layer["name"]
+        assert set(options) == {"call"}
+    missing = {n for n in sops.OPS if n not in ("Arange", "Abs") and n not in seen}
+    assert not missing, f"ops missing from the fixture: {sorted(missing)}"
+
+
+def test_fixture_config_runs_like_keras():
+    """The fixture rebuilt by Keras (from_config) and run by a minimal executor over the
+    scratch ops agree (float32 Keras, 1e-5)."""
+    k = keras()
+    with open(FIXTURE) as f:
+        cfg = json.load(f)
+    names = [t[0] for t in cfg["config"]["input_layers"]]
+    model = k.Model.from_config(json.loads(json.dumps(cfg["config"])))  # from_config pops keys
+    feed = _fixture_inputs()
+    ref = model.predict([feed[n].astype(np.float32) if n != "n" else feed[n] for n in names],
+                        verbose=0)
+    got = _run_config(cfg, {n: feed[n].astype(np.float64) if n != "n" else feed[n] for n in names})
+    assert len(got) == len(ref)
+    for i, (g, r) in enumerate(zip(got, ref)):
+        assert np.allclose(g, r, atol=F32_TOL, rtol=F32_TOL), (
+            i, cfg["config"]["output_layers"][i], np.abs(g - r).max())
+
+
+if __name__ == "__main__":  # regenerate the fixture: PYTHONPATH=. .venv/bin/python tests/test_scratch_merge_ops.py
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ops.keras")
+        build_ops_model(keras()).save(path)
+        cfg = json.loads(zipfile.ZipFile(path).read("config.json"))
+    for key in ("build_config", "compile_config"):
+        cfg.pop(key, None)
+    with open(FIXTURE, "w") as f:
+        json.dump(cfg, f, indent=1, sort_keys=True)
