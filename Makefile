@@ -6,7 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 # make report RETRAIN=1 trains every model again instead of loading reports/models/
-REPORT_FLAGS := $(if $(RETRAIN),--retrain,)
+# make report SCHEDULER=local:2 (or tcp://HOST:8786) trains missing runs on a Dask cluster
+SCHEDULER ?=
+REPORT_FLAGS := $(if $(RETRAIN),--retrain,) $(if $(SCHEDULER),--scheduler $(SCHEDULER),)
 
 .PHONY: report test smoke clean-cache
 

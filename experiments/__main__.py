@@ -1,9 +1,12 @@
-"""Command line: ``python -m experiments train [--profile full] [--family cnn] [--retrain]``.
+"""Command line: ``python -m experiments train [--profile full] [--family cnn] [--retrain]
+[--scheduler local:N | tcp://HOST:PORT] [--gpus-per-run G] [--retries R]``.
 
 Trains (or finds in the cache) every distinct configuration of the selected families,
 once per seed of the profile's recipe, seed-major (every configuration gets its first
 seed before any gets its second).  It uses the same cache as pytest, so nothing trains
-twice, and an interrupted build resumes where it stopped.
+twice, and an interrupted build resumes where it stopped.  With ``--scheduler`` every
+missing run is one task on a Dask cluster (:mod:`experiments.distributed`); the exit
+status is 1 when a run failed (each is named, with its traceback) and 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -23,10 +26,24 @@ def main(argv=None) -> int:
     train.add_argument("--profile", choices=PROFILES, default=None)
     train.add_argument("--family", action="append", help="family name (repeatable); default all")
     train.add_argument("--retrain", action="store_true", help="ignore the cache and train again")
+    train.add_argument("--scheduler", default=None, metavar="local:N|tcp://HOST:PORT",
+                       help="train on a Dask cluster: local:N starts N single-threaded worker "
+                            "processes on 127.0.0.1, an address joins a running scheduler; "
+                            "default: in this process")
+    train.add_argument("--gpus-per-run", type=float, default=0, metavar="G",
+                       help="with --scheduler: each run needs G of the workers' Dask resource "
+                            "GPU (workers started with `dask worker ... --resources GPU=1`)")
+    train.add_argument("--retries", type=int, default=None, metavar="R",
+                       help="with --scheduler local:N: how often a run may lose its worker "
+                            "(killed, out of memory) and start again elsewhere (default 2)")
     args = parser.parse_args(argv)
     profile = resolve_profile(args.profile)
     families = [f for f in all_families() if not args.family or f.name in args.family]
     since = time.time() if args.retrain else None
+    if args.scheduler:
+        return _train_distributed(args, families, profile, since)
+    if args.gpus_per_run or args.retries is not None:
+        parser.error("--gpus-per-run and --retries need --scheduler")
     for fam in families:
         for config, seed in fam.runs(profile):
             tm = get_trained(fam, config, profile, seed, retrain_since=since)
@@ -35,6 +52,36 @@ def main(argv=None) -> int:
                   f"{m['epochs']} epochs, {m['train_seconds']:.0f}s, best epoch {m['best_epoch']}, "
                   f"best val_loss {m['best_val_loss']:.4f}", flush=True)
     return 0
+
+
+def _train_distributed(args, families, profile: str, since: float | None) -> int:
+    from . import distributed
+
+    try:
+        distributed.parse_scheduler(args.scheduler)
+    except distributed.SchedulerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    retries = distributed.DEFAULT_RETRIES if args.retries is None else args.retries
+    try:
+        with distributed.cluster_client(args.scheduler, retries=retries,
+                                        gpus_per_run=args.gpus_per_run) as client:
+            print(f"[scratchnet] cluster {client.scheduler.address}: "
+                  f"{len(client.scheduler_info()['workers'])} workers", file=sys.stderr, flush=True)
+            result = distributed.train_on_cluster(client, families, profile, retrain_since=since,
+                                                  gpus_per_run=args.gpus_per_run)
+    except distributed.SchedulerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("[scratchnet] interrupted: landed entries are in the cache; run the same command "
+              "again to train the rest", file=sys.stderr, flush=True)
+        return 130
+    print(f"[scratchnet] {len(result.landed)} trained, {len(result.cached)} cached, "
+          f"{len(result.by_other)} landed by another process, {len(result.failed)} failed",
+          flush=True)
+    distributed.report_failures(result)
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ def pytest_addoption(parser):
                     help="fail instead of training a model that is missing from the cache (CI)")
     group.addoption("--data-dir", default=None,
                     help=f"local dataset folder (sets ${DATA_DIR_ENV}); default: download")
+    group.addoption("--scheduler", default=None, metavar="local:N|tcp://HOST:PORT",
+                    help="train the missing runs of the selected tests on a Dask cluster before "
+                         "the tests run: local:N worker processes on 127.0.0.1, or a scheduler "
+                         "address (see experiments/distributed.py)")
 
 
 def pytest_configure(config):
@@ -51,6 +55,12 @@ def pytest_configure(config):
     # model retrained by one worker is a cache hit for the other.
     if config.getoption("--retrain") and not hasattr(config, "workerinput"):
         os.environ[RETRAIN_SINCE_ENV] = str(time.time())
+
+
+def pytest_collection_finish(session):
+    if session.config.getoption("--scheduler"):
+        from .distributed import pytest_train_missing
+        pytest_train_missing(session.config, session.items)
 
 
 def pytest_report_header(config):

@@ -11,8 +11,10 @@ adding seeds later reuses every run already trained.
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,17 +159,73 @@ def best_epoch(history: dict, min_epochs: int = 0, monitor: str = "val_loss") ->
     return start + 1 + min(range(len(vals) - start), key=lambda i: sign * vals[start + i])
 
 
+def set_tf_threads(n: int) -> int:
+    """Run TensorFlow's ops on ``n`` intra-op (and ``n`` inter-op) threads in this process.
+
+    Only possible before TensorFlow's runtime starts (the first op); afterwards the
+    count is fixed for the process and this returns the count in force. A Dask
+    worker calls it before its first run with its own ``--nthreads``, so two 1-thread
+    workers share two cores without oversubscription."""
+    import tensorflow as tf
+
+    if tf.config.threading.get_intra_op_parallelism_threads() == n:
+        return n
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:  # the runtime is up: the count can no longer change
+        pass
+    return tf_threads()
+
+
+def tf_threads() -> int:
+    """TensorFlow's intra-op thread count in this process (0 means TensorFlow's default:
+    one per core)."""
+    import tensorflow as tf
+
+    return int(tf.config.threading.get_intra_op_parallelism_threads())
+
+
 def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, label: str,
-             seed: int) -> dict:
-    """Train ``config`` with ``seed`` on ``splits``; save ``out_dir/model.keras``; return the metadata."""
+             seed: int, progress: bool = True) -> dict:
+    """Train ``config`` with ``seed`` on ``splits``; save ``out_dir/model.keras``; return the metadata.
+
+    The same code trains in-process (:func:`get_trained`) and on a Dask worker
+    (:mod:`experiments.distributed`); ``progress=False`` drops the per-epoch lines."""
+    recipe = run_recipe(family, profile)
+    with private_python_random(seed):
+        return _train_to(out_dir, family, config, profile, splits, label, seed, progress, recipe)
+
+
+@contextmanager
+def private_python_random(seed: int):
+    """Keras draws the seed of every unseeded initializer, Dropout and random-augmentation
+    layer from Python's *process-global* ``random`` (``make_default_seed``).  Any other
+    thread of the process that draws from it in the meantime changes the model: a Dask
+    worker's own threads do, so the same run trained twice on a worker gave two different
+    models.  Inside this block Keras draws from a private ``random.Random(seed)`` instead,
+    which yields exactly the numbers ``random.seed(seed)`` gives the global generator (as
+    ``keras.utils.set_random_seed`` seeds it) when nothing else draws: the same models as
+    before in a quiet process, and the same models on a worker."""
+    from keras.src.random import seed_generator
+
+    saved = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = saved
+
+
+def _train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, label: str,
+              seed: int, progress: bool, recipe: dict) -> dict:
     import keras
 
-    recipe = run_recipe(family, profile)
     keras.utils.set_random_seed(seed)
     model = family.build_model(config, splits)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate(recipe, len(splits.y_train))),
                   loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-    callbacks = [_progress_callback(label, recipe["epochs"])]
+    callbacks = [_progress_callback(label, recipe["epochs"])] if progress else []
     if recipe.get("patience"):
         # start_from_epoch: the weights of the first epochs, near the initialization, can
         # never be the ones restored (an early-stopping artefact, not a trained model).
@@ -192,7 +250,8 @@ def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, 
             "split_sizes": splits.sizes(), "epochs": len(hist["loss"]),
             "best_epoch": best, "best_val_loss": val_loss[best - 1] if best else None,
             "history": hist, "train_seconds": round(seconds, 2), "params": int(model.count_params()),
-            "keras_version": keras.__version__, "created": time.time()}
+            "keras_version": keras.__version__, "tf_intra_op_threads": tf_threads(),
+            "created": time.time()}
 
 
 def get_trained(family: Family, config: dict, profile: str, seed: int, *, retrain: bool = False,
