@@ -156,9 +156,8 @@ class Activation(ElementwiseBackward, Layer):
 
 
 class ReLU(ElementwiseBackward, Layer):
-    """Keras ReLU layer: max_value, negative_slope and threshold options.
-    Backward: slope 1 where x > threshold (TF ReluGrad passes where x > 0), else
-    negative_slope; 0 where the output is clipped at max_value."""
+    """Keras ReLU layer: max_value, negative_slope and threshold options, exactly
+    :func:`activations.relu`; backward :func:`activations.relu_grad`."""
 
     def _plain(self):
         return self.negative_slope == 0.0 and self.threshold == 0.0 and self.max_value is None
@@ -176,10 +175,7 @@ class ReLU(ElementwiseBackward, Layer):
             dx = np.empty_like(dy)
             for_blocks(lambda s: np.multiply(dy[s], y[s] > 0, out=dx[s]), len(dy), dy.size)
             return dx
-        slope = np.where(x > self.threshold, 1.0, self.negative_slope)
-        if self.max_value is not None:
-            slope = np.where(y < self.max_value, slope, 0.0)
-        return dy * slope
+        return activations.relu_grad(x, dy, self.negative_slope, self.max_value, self.threshold)
 
     supports_masking = True
 
@@ -198,7 +194,7 @@ class LeakyReLU(ElementwiseBackward, Layer):
     supports_masking = True
 
     def local_grad(self, x, y, dy):
-        return np.where(x > 0, dy, self.slope * dy)
+        return activations.leaky_relu_grad(x, dy, self.slope)
 
     def __init__(self, config, weights, class_name=None):
         super().__init__(config, weights, class_name)
@@ -385,45 +381,99 @@ class BatchNormalization(Layer):
 
 
 class LayerNormalization(Layer):
-    """y = (x - mean) / sqrt(var + epsilon) * gamma + beta over ``axis`` (per sample)."""
+    """Per sample over ``axis`` (M values): mu = mean(x), var = mean((x - mu)^2),
+    inv = 1 / sqrt(var + epsilon), xhat = (x - mu) inv, y = gamma xhat + beta (gamma/beta
+    absent when ``scale``/``center`` is False).
+
+    ``rms_scaling=True`` (Keras 3's deprecated option, exactly what Keras computes): no
+    centering and no beta, y = gamma x inv (var is still the centered variance).
+
+    Backward, with dxh = gamma dy and means over ``axis``:
+    dgamma = sum(dy xhat), dbeta = sum(dy) over the other axes;
+    dx = inv (dxh - mean(dxh) - xhat mean(dxh xhat)); with rms_scaling
+    dgamma = sum(dy x inv), dx = inv dxh - inv^3 (x - mu) mean(dxh x)."""
 
     supports_masking = True
 
     @classmethod
     def weight_shapes(cls, config):
-        """[gamma], [beta]: (features,) for one axis; equal but unchecked shapes for several."""
-        n = int(config.get("scale", True)) + int(config.get("center", True))
+        """[gamma], [beta]: (features,) for one axis; equal shapes (one symbol per axis) for
+        several. rms_scaling keeps gamma and drops beta (Keras' build)."""
+        rms = bool(config.get("rms_scaling", False))
+        n = int(bool(config.get("scale", True)) or rms) + int(bool(config.get("center", True)) and not rms)
         axis = config.get("axis", -1)
-        one_axis = not isinstance(axis, list) or len(axis) == 1
-        return [("features",) if one_axis else None] * n
+        axes = axis if isinstance(axis, list) else [axis]
+        return [tuple(f"axis{i}" for i in range(len(axes)))] * n
 
     def __init__(self, config, weights, class_name=None):
-        self.scale = config.get("scale", True)
-        self.center = config.get("center", True)
+        self.rms_scaling = bool(config.get("rms_scaling", False))
+        self.scale = bool(config.get("scale", True)) or self.rms_scaling
+        self.center = bool(config.get("center", True)) and not self.rms_scaling
         self.n_weights = int(self.scale) + int(self.center)
         super().__init__(config, weights, class_name)
-        if config.get("rms_scaling"):
-            raise self.unsupported("rms_scaling", True)
         axis = config.get("axis", -1)
-        self.axis = tuple(axis) if isinstance(axis, list) else (axis,)
+        self.axis = tuple(sorted(int(a) for a in axis)) if isinstance(axis, list) else (int(axis),)
         w = list(weights)
         self.gamma = w.pop(0) if self.scale else None
         self.beta = w.pop(0) if self.center else None
         self.eps = float(config.get("epsilon", 1e-3))
 
-    def forward(self, x, mask=None):
+    def _axes(self, x):
         axes = tuple(a % x.ndim for a in self.axis)
-        mean = x.mean(axis=axes, keepdims=True)
-        var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-        y = (x - mean) / np.sqrt(var + self.eps)
-        shape = [1] * x.ndim
+        shape = [1] * x.ndim  # gamma/beta reshaped over the normalized axes (as Keras)
         for a in axes:
             shape[a] = x.shape[a]
+        return axes, shape
+
+    def _normalize(self, x):
+        """(y, xhat or None, inv, axes, shape); xhat is None with rms_scaling."""
+        axes, shape = self._axes(x)
+        mean = x.mean(axis=axes, keepdims=True)
+        centered = x - mean
+        var = np.mean(centered * centered, axis=axes, keepdims=True)
+        inv = 1.0 / np.sqrt(var + self.eps)
+        if self.rms_scaling:
+            xhat, y = None, x * inv
+        else:
+            xhat = centered * inv
+            y = xhat
         if self.gamma is not None:
             y = y * self.gamma.reshape(shape)
         if self.beta is not None:
             y = y + self.beta.reshape(shape)
+        return y, (centered if self.rms_scaling else xhat), inv, axes, shape
+
+    def forward(self, x, mask=None):
+        return self._normalize(x)[0]
+
+    def forward_train(self, x, mask, ctx):
+        y, kept, inv, axes, shape = self._normalize(x)
+        self._saved = (x, kept, inv, axes, shape)
         return y
+
+    def backward(self, dy, need_dx=True):
+        x, kept, inv, axes, shape = self._saved
+        other = tuple(a for a in range(dy.ndim) if a not in axes)
+        g = 1.0 if self.gamma is None else self.gamma.reshape(shape)
+        dxh = dy * g
+        if self.rms_scaling:
+            centered = kept
+            grads = [np.sum(dy * x * inv, axis=other).reshape(self.gamma.shape)]
+            if not need_dx:
+                return None, grads
+            dx = inv * dxh - inv ** 3 * centered * np.mean(dxh * x, axis=axes, keepdims=True)
+            return dx, grads
+        xhat = kept
+        grads = []
+        if self.gamma is not None:
+            grads.append(np.sum(dy * xhat, axis=other).reshape(self.gamma.shape))
+        if self.beta is not None:
+            grads.append(np.sum(dy, axis=other).reshape(self.beta.shape))
+        if not need_dx:
+            return None, grads
+        dx = inv * (dxh - np.mean(dxh, axis=axes, keepdims=True)
+                    - xhat * np.mean(dxh * xhat, axis=axes, keepdims=True))
+        return dx, grads
 
 
 class Flatten(Layer):

@@ -17,6 +17,12 @@ import numpy as np
 from .base import Layer
 from .errors import InputError, ModelFileError
 
+# The longest ``output_sequence_length`` accepted from a model file. Each text becomes a
+# row of that many int64 ids (and the layers after it hold that many timesteps per
+# sample), so a hostile config asking for 10**9 would allocate 8 GB per text; real
+# models use at most a few thousand tokens.
+MAX_OUTPUT_SEQUENCE_LENGTH = 100_000
+
 STRIP_REGEX = re.compile(r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']')
 _WS_SPLIT = re.compile(r"[ \t\n\r\x0b\x0c]+")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -84,8 +90,7 @@ class TextVectorization(Layer):
         self.require("output_mode", ("int",), "int")
         self.require("ragged", (False,), False)
         self.require("sparse", (False,), False)
-        osl = config.get("output_sequence_length")
-        self.output_sequence_length = None if osl is None else int(osl)
+        self.output_sequence_length = self._sequence_length(config.get("output_sequence_length"))
         vocab = config.get("vocabulary")
         if isinstance(vocab, str):
             raise self.unsupported("vocabulary", vocab, "a vocabulary *file path* refers to the "
@@ -108,6 +113,23 @@ class TextVectorization(Layer):
         if config.get("max_tokens") and len(self.vocabulary) > int(config["max_tokens"]):
             raise ModelFileError(f"TextVectorization layer '{self.name}': vocabulary has "
                                  f"{len(self.vocabulary)} entries > max_tokens={config['max_tokens']}")
+
+    def _sequence_length(self, osl):
+        """``output_sequence_length``: None, or an int in [1, MAX_OUTPUT_SEQUENCE_LENGTH];
+        anything else is a ModelFileError raised before anything is allocated."""
+        if osl is None:
+            return None
+        if isinstance(osl, bool) or not isinstance(osl, int):
+            raise ModelFileError(f"TextVectorization layer '{self.name}': output_sequence_length="
+                                 f"{str(osl)[:60]!s} is not an integer; the file was not written "
+                                 "by Keras or is corrupt")
+        if not 1 <= osl <= MAX_OUTPUT_SEQUENCE_LENGTH:
+            raise ModelFileError(
+                f"TextVectorization layer '{self.name}': output_sequence_length={osl} is outside "
+                f"[1, {MAX_OUTPUT_SEQUENCE_LENGTH}] (scratch_layers.text.MAX_OUTPUT_SEQUENCE_LENGTH): "
+                f"every text would become {osl} int64 ids ({osl * 8:,} bytes); the file is hostile "
+                "or corrupt")
+        return osl
 
     @staticmethod
     def as_strings(x):
