@@ -478,6 +478,70 @@ def test_fixture_config_runs_like_keras():
             i, cfg["config"]["output_layers"][i], np.abs(g - r).max())
 
 
+# ----------------------------------------------------------------------------- end to end (load_model)
+
+def _e2e_merge_ops_model(k):
+    L, o = k.layers, k.ops
+    a, b = k.Input((5,), name="a"), k.Input((4,), name="b")
+    ha = L.Dense(8, activation="tanh")(a)
+    hb = L.Dense(8)(b)
+    shared = L.Dense(8, activation="sigmoid")
+    sa, sb = shared(ha), shared(hb)
+    h = L.Add()([ha, hb, sa])
+    h = L.Concatenate()([L.Multiply()([h, sb]), L.Maximum()([ha, hb]), L.Minimum()([sa, sb]),
+                         L.Subtract()([ha, hb]), L.Average()([ha, sb])])
+    h = o.relu(h * 0.5 + 0.1) + o.mean(o.square(h[:, 3:11]), axis=1, keepdims=True) - o.sum(h[:, ::-3], axis=-1, keepdims=True) / 7
+    d = L.Dot(axes=1, normalize=True)([ha, hb])
+    seq = o.reshape(h, (-1, 5, 8))
+    seq = o.softmax(seq, axis=1) * o.expand_dims(d, 1) + o.max(seq, axis=1, keepdims=True)
+    h = L.Flatten()(o.transpose(seq, (0, 2, 1)))
+    return k.Model([a, b], L.Dense(3, activation="softmax")(h))
+
+
+def test_load_model_merges_and_ops(tmp_path, record_property):
+    """A Functional model with every merge, a shared layer and operation nodes: scratch's
+    predict vs Keras float32, loss and gradients vs the float64 twin and float32 Keras."""
+    from backward_helpers import compare_gradients
+    from keras_factories import randomize_weights, save_load
+    k = keras()
+    m = randomize_weights(_e2e_merge_ops_model(k), 1)
+    sm, _ = save_load(m, tmp_path)
+    rng = np.random.default_rng(0)
+    x = [rng.normal(0, 1, (6, 5)).astype(np.float32), rng.normal(0, 1, (6, 4)).astype(np.float32)]
+    ref = m.predict(x, verbose=0)
+    got = sm.predict(x)
+    assert np.allclose(got, ref, atol=F32_TOL, rtol=F32_TOL), np.abs(got - ref).max()
+    y = rng.integers(0, 3, 6)
+    d64, d32 = compare_gradients(m, sm, x, y)
+    record_property("max_abs_diff_float32", float(np.abs(got - ref).max()))
+    record_property("max_grad_diff_float64_twin", d64)
+
+
+def test_load_model_masked_merges(tmp_path):
+    """Masks through merges: Embedding(mask_zero) branches merged by Add/Multiply/Maximum/
+    Concatenate reach a masked GlobalAveragePooling1D; an op (x * 1.0) drops the mask."""
+    from keras_factories import randomize_weights, save_load
+    k = keras()
+    L = k.layers
+    t1, t2 = k.Input((7,), dtype="int32"), k.Input((7,), dtype="int32")
+    e1 = L.Embedding(9, 4, mask_zero=True)(t1)
+    e2 = L.Embedding(9, 4, mask_zero=True)(t2)
+    e3 = L.Dense(4)(e2)  # keeps e2's mask
+    outs = [L.GlobalAveragePooling1D()(h) for h in (
+        L.Add()([e1, e2]), L.Multiply()([e1, e3]), L.Maximum()([e1, e2, e3]),
+        L.Minimum()([e1, e2 * 1.0]), L.Concatenate()([e1, e3]), L.Concatenate(axis=1)([e1, e2]),
+        e1 * 1.0)]
+    m = randomize_weights(k.Model([t1, t2], L.Concatenate()(outs)), 2)
+    sm, _ = save_load(m, tmp_path)
+    rng = np.random.default_rng(1)
+    x = [rng.integers(0, 9, (5, 7)), rng.integers(0, 9, (5, 7))]
+    x[0][:, 4:] = 0
+    x[1][:2, 2:] = 0
+    ref = m.predict(x, verbose=0)
+    got = sm.predict(x)
+    assert np.allclose(got, ref, atol=F32_TOL, rtol=F32_TOL), np.abs(got - ref).max(axis=0)
+
+
 if __name__ == "__main__":  # regenerate the fixture: PYTHONPATH=. .venv/bin/python tests/test_scratch_merge_ops.py
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
