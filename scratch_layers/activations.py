@@ -314,15 +314,16 @@ def _relu6_grad(x, y, dy):
     return dy * ((x > 0) & (x < 6.0))
 
 
-def _hard_sigmoid_slope(x):
-    """d/dx relu6(x + 3) / 6, as TF differentiates it (Relu6Grad of x + 3, then / 6)."""
+def _hard_sigmoid_grad(x, y, dy):
+    """d/dx relu6(x + 3) / 6, as TF differentiates it: dy / 6 where 0 < x + 3 < 6
+    (Relu6Grad of x + 3)."""
     z = x + 3.0
-    return ((z > 0) & (z < 6.0)) / 6.0
+    return dy * ((z > 0) & (z < 6.0)) / 6.0
 
 
 def _hard_silu_grad(x, y, dy):
     """y = x hs(x): hs(x) + x hs'(x)."""
-    return dy * (hard_sigmoid(x) + x * _hard_sigmoid_slope(x))
+    return dy * hard_sigmoid(x) + _hard_sigmoid_grad(x, None, x * dy)
 
 
 def _mish_grad(x, y, dy):
@@ -365,7 +366,7 @@ GRADIENTS = {
     silu: lambda x, y, dy: dy * (sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x)))),
     gelu: _gelu_grad,
     exponential: lambda x, y, dy: dy * y,
-    hard_sigmoid: lambda x, y, dy: dy * _hard_sigmoid_slope(x),
+    hard_sigmoid: _hard_sigmoid_grad,
     hard_silu: _hard_silu_grad,
     gelu_tanh: _gelu_tanh_grad,
     mish: _mish_grad,
@@ -377,8 +378,8 @@ GRADIENTS = {
     soft_shrink: lambda x, y, dy: dy * (np.abs(x) > 0.5),
     hard_shrink: lambda x, y, dy: dy * (np.abs(x) > 0.5),
     squareplus: _squareplus_grad,
-    sparse_plus: lambda x, y, dy: dy * np.where(x <= -1, 0.0, np.where(x < 1, 0.5 * (x + 1), 1.0)),
-    sparse_sigmoid: lambda x, y, dy: dy * np.where((x > -1) & (x < 1), 0.5, 0.0),
+    sparse_plus: lambda x, y, dy: np.where(x <= -1, 0.0, np.where(x < 1, 0.5 * (x + 1) * dy, dy)),
+    sparse_sigmoid: lambda x, y, dy: 0.5 * dy * ((x > -1) & (x < 1)),
 }
 
 # dy/dx written with the output y only, for the recurrent cells (which keep the gate

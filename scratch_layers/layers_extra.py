@@ -73,7 +73,7 @@ class Normalization(Layer):
     the batch included, share them; ``axis=None`` saves ``[]``: one scalar). They come
     from the file's weights ``mean, variance, count`` (after ``adapt()``; count is unused
     at inference) or, when given to the constructor, from the config (a scalar, or an
-    array aligned right to left with the kept axes). Nothing is trainable; backward:
+    array aligned right to left with the kept axes; rounded to float32 as Keras does). Nothing is trainable; backward:
     dx = dy / std (dy std with invert)."""
 
     @classmethod
@@ -95,8 +95,11 @@ class Normalization(Layer):
             if config.get("variance") is None:
                 raise ModelFileError(f"Normalization layer '{self.name}': the config has a mean "
                                      "but no variance; the file was not written by Keras")
-            mean = np.asarray(config["mean"], dtype=np.float64)
-            var = np.asarray(config["variance"], dtype=np.float64)
+            # Keras makes a tensor of the Python numbers first, which TensorFlow builds in
+            # float32: its statistics are the config's values rounded to float32, in a
+            # float64 model too (0.7 -> 0.699999988...).
+            mean = np.asarray(config["mean"], dtype=np.float32).astype(np.float64)
+            var = np.asarray(config["variance"], dtype=np.float32).astype(np.float64)
             if mean.shape != var.shape or mean.ndim > len(self.axis):
                 raise ModelFileError(f"Normalization layer '{self.name}': mean of shape "
                                      f"{mean.shape} and variance of shape {var.shape} do not fit "

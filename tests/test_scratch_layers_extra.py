@@ -346,3 +346,26 @@ def test_text_vectorization_huge_output_sequence_length(tmp_path):
         tracemalloc.stop()
     assert peak < 64 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MiB"
     assert scratch_layers.load_model(path).predict(["a b z"]).shape == (1, 4, 2)
+
+
+def test_new_layers_in_float32(tmp_path):
+    """Loaded with dtype="float32", the new layers compute in float32 (their config-derived
+    arrays are cast too) and equal Keras float32, forward and gradients."""
+    from keras.src.applications.convnext import LayerScale
+    k = keras()
+    m = k.Sequential([k.Input((4, 3)), k.layers.Normalization(mean=[0.5, -1.0, 2.0], variance=[4.0, 0.3, 9.0]),
+                      k.layers.Dense(5), k.layers.PReLU(), k.layers.LayerNormalization(),
+                      LayerScale(0.1, 5), k.layers.UnitNormalization(), k.layers.Flatten(),
+                      k.layers.RepeatVector(2), k.layers.Dense(4, activation="hard_swish")] + head(k))
+    randomize_weights(m, 3)
+    m.save(str(tmp_path / "m.keras"))
+    sm = scratch_layers.load_model(str(tmp_path / "m.keras"), dtype="float32")
+    x, y = inputs((4, 3)), labels()
+    got = sm.predict(x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, m.predict(x, verbose=0), atol=1e-5, rtol=1e-5)
+    _, grads = sm.loss_and_gradients(x, y)
+    _, kgrads = keras_loss_and_grads(m, x, y)
+    for g, kg in zip(grads, kgrads):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, kg, atol=1e-5, rtol=1e-5)
