@@ -133,13 +133,15 @@ def conclude(study: dict, variants: list[dict]) -> str:
         parts.append("No interval can be computed: that needs at least two seeds per variant.")
     else:
         k = len(testable)
-        adj = (f"Holm-adjusted over the study's {k} comparisons" if k > 1 else "one comparison, no adjustment needed")
+        adj = (f"over the study's {k} comparisons" if k > 1 else "one comparison, so no adjustment")
         if effects:
-            parts.append(f"Effects (Holm-adjusted p < 0.05, {adj}; in brackets the per-comparison 95% "
-                         "Welch interval of a − b): " + "; ".join(
-                f"{label[c['a'] if c['mean_diff'] > 0 else c['b']]} beats "
-                f"{label[c['b'] if c['mean_diff'] > 0 else c['a']]} by {abs(c['mean_diff']):.3f} "
-                f"({_interval(c)}, p_holm = {_p(c.get('p_holm', c['p_value']))})" for c in effects) + ".")
+            sentences = []
+            for c in effects:
+                w, l, gap, lo, hi = _oriented(c)
+                sentences.append(f"{label[w]} beats {label[l]} by {gap:.3f} ({lo:+.3f} to {hi:+.3f}, "
+                                 f"p_holm = {_p(c.get('p_holm', c['p_value']))})")
+            parts.append(f"Effects (Holm-adjusted p < 0.05, {adj}; in brackets the 95% Welch interval of "
+                         "the gap, for that comparison alone): " + "; ".join(sentences) + ".")
         lost = [c for c in testable if not c["significant"] and c.get("ci_excludes_0")]
         if lost:
             parts.append("Not effects after the Holm adjustment, although the per-comparison interval "
@@ -152,7 +154,7 @@ def conclude(study: dict, variants: list[dict]) -> str:
                 f"{label[c['a']]} vs {label[c['b']]} ({c['mean_diff']:+.3f}, {_interval(c)})" for c in rest) + ".")
         elif not effects:
             widest = max(testable, key=lambda c: abs(c["mean_diff"]))
-            parts.append(f"No difference is an effect ({adj}; largest gap "
+            parts.append(f"No difference is an effect (Holm, {adj}; largest gap "
                          f"{label[widest['a']]} − {label[widest['b']]} = {widest['mean_diff']:+.3f}, "
                          f"per-comparison 95% interval {_interval(widest)})."
                          + ("" if lost else " Seed-to-seed spread is as large as anything this "
@@ -256,8 +258,7 @@ def finding(study: dict, variants: list[dict]) -> str:
         for c in effects:
             w, l, gap, lo, hi = _oriented(c)
             parts.append(f"{label[w]} beats {label[l]} by {gap:.3f} ({lo:+.3f} to {hi:+.3f})")
-        return ("; ".join(parts) + f". Effects: Holm-adjusted p < 0.05 over {len(testable)} comparison"
-                f"{'s' if len(testable) != 1 else ''}; in brackets the per-comparison 95% interval.")
+        return "; ".join(parts) + f" (Holm over {len(testable)} comparison{'s' if len(testable) != 1 else ''})."
     widest = max(testable, key=lambda c: abs(c["mean_diff"]))
     w, l, gap, lo, hi = _oriented(widest)
     return (f"no effect: the largest gap, {label[w]} over {label[l]}, is {gap:.3f} "

@@ -156,7 +156,8 @@ def answer_section(doc: dict, family_titles: dict) -> str:
         items.append(f'<li><a href="#{study_anchor(st)}">{esc(family_titles.get(st["family"], st["family"]))}, '
                      f'{esc(st["title"].lower())}</a>: {esc(finding(st, vs))}</li>')
     parts.append("<p><b>What each study found</b> (test macro-F1, mean over seeds; a difference counts as an "
-                 "effect only when its Holm-adjusted p is below 0.05 within the study):</p><ul>"
+                 "effect only when its Holm-adjusted p is below 0.05 within the study; in brackets the 95% "
+                 "interval of that one comparison):</p><ul>"
                  + "".join(items) + "</ul>")
     refs = doc.get("references") or {}
     rows, sentences = [], []

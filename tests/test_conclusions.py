@@ -49,7 +49,7 @@ def test_holm_adjusts_within_a_study_and_only_holm_effects_count():
     text = conclude(study([variant(k, k, i, v) for i, (k, v) in enumerate(values.items())]),
                     [variant(k, k, i, v) for i, (k, v) in enumerate(values.items())])
     assert "Not effects after the Holm adjustment" in text and "a vs c" in text
-    assert "Holm-adjusted over the study's 3 comparisons" in text
+    assert "No difference is an effect (Holm, over the study's 3 comparisons" in text
 
 
 def test_two_seed_comparisons_carry_a_caveat():

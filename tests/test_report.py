@@ -132,7 +132,8 @@ def test_image_reference_on_pooled_pixels():
     assert references.pooled_pixels(xt, 2).shape == (90, 4 * 4 * 3)
     refs = references.compute(splits)
     assert refs["kind"] == "image" and refs["models"][1]["test_macro_f1"] > 0.9
-    assert "4x4x3 = 48" in refs["models"][1]["chosen"]["features"]
+    side = 8 // references.SPEC["image"]["pool"]
+    assert f"{side}x{side}x3 = {side * side * 3}" in refs["models"][1]["chosen"]["features"]
 
 
 def test_references_are_cached_atomically_and_never_recomputed(tmp_path):
