@@ -15,7 +15,7 @@ DESCRIPTION = __doc__
 
 
 def _table(rows) -> str:
-    head = f"{'layer':28s} {'class':22s} {'shape':16s} {'max|Δ| float32':>15s} {'max|Δ| float64 twin':>20s}  result"
+    head = f"{'node':28s} {'class':22s} {'shape':16s} {'max|Δ| float32':>15s} {'max|Δ| float64 twin':>20s}  result"
     lines = [head, "-" * len(head)]
     for r in rows:
         def f(v):
@@ -39,7 +39,7 @@ def verify(argv=None) -> int:
 
     from . import load_model
     from .errors import ScratchError
-    from .verify import ATOL, TWIN_ATOL, generated_inputs, layer_divergence, load_input
+    from .verify import ATOL, TWIN_ATOL, first_failing, generated_inputs, layer_divergence, load_input
 
     try:
         scratch = load_model(args.model)
@@ -53,15 +53,24 @@ def verify(argv=None) -> int:
     except Exception as exc:  # noqa: BLE001 - any Keras loading failure is reported as such
         print(f"error: Keras cannot load {args.model}: {exc}", file=sys.stderr)
         return 2
-    rows = layer_divergence(keras_model, scratch, x)
-    print(f"{args.model}: {len(x)} inputs ({'from ' + args.input if args.input else 'generated'})")
+    try:
+        rows = layer_divergence(keras_model, scratch, x)
+    except ScratchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n = len(x[0]) if isinstance(x, list) else len(x)
+    print(f"{args.model}: {n} inputs ({'from ' + args.input if args.input else 'generated'}), "
+          f"{len(scratch.graph.nodes)} nodes in the order they run")
     print(_table(rows))
     bad = [r["layer"] for r in rows if r["allclose"] is False or r["twin_ok"] is False]
     if bad:
-        print(f"FAIL: {len(bad)} layer(s) differ (float32 atol {ATOL}, float64 twin atol {TWIN_ATOL}): "
-              + ", ".join(bad))
+        first = first_failing(rows)
+        print(f"FAIL: {len(bad)} node(s) differ (float32 atol {ATOL}, float64 twin {TWIN_ATOL} relative "
+              f"to the output scale); the first that diverges is '{first['layer']}' "
+              f"({first['class']}): " + ", ".join(bad))
         return 1
-    print(f"OK: every layer equals Keras (float32 within {ATOL}) and its float64 twin (within {TWIN_ATOL})")
+    print(f"OK: every node equals Keras (float32 within {ATOL}) and its float64 twin (within "
+          f"{TWIN_ATOL} relative to the output scale)")
     return 0
 
 

@@ -332,9 +332,17 @@ class MultiHeadAttention(MultiInputLayer):
         self.output_dense = _sub_einsum(
             "attention_output", f"abcd,cd{letters}->ab{letters}", [None] + list(k_out.shape[2:]),
             letters if self.use_bias else None, w["output_dense"])
-        keras_groups = ["query_dense", "key_dense"] + (["gate_dense"] if self.use_gate else []) \
-            + ["value_dense", "output_dense"]
-        self.keras_order = [groups.index(g) * per + j for g in keras_groups for j in range(per)]
+        self.keras_order = self.keras_order_of(config)
+
+    @classmethod
+    def keras_order_of(cls, config):
+        """Loader-order index of each weight in Keras' ``layer.weights`` order (query, key,
+        [gate], value, output): a legacy .h5 stores them in Keras' order."""
+        groups = cls._groups(config)
+        per = 2 if bool(config.get("use_bias", True)) else 1
+        keras_groups = ["query_dense", "key_dense"] + (["gate_dense"] if bool(config.get("use_gate", False))
+                                                       else []) + ["value_dense", "output_dense"]
+        return [groups.index(g) * per + j for g in keras_groups for j in range(per)]
 
     # call interface ------------------------------------------------------
     def split_call(self, args, kwargs):

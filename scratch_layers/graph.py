@@ -212,6 +212,11 @@ def _functional(cfg, entries, name, make_layer, make_input, depth, ids):
         by_name[lname], order[lname] = e, i
     in_kind, in_names, in_refs = _io_refs(cfg.get("input_layers"), "input_layers", name)
     out_kind, out_names, out_refs = _io_refs(cfg.get("output_layers"), "output_layers", name)
+    for r in out_refs:
+        # Keras numbers a nested Functional model's calls from 1 in input/output_layers
+        # (its node 0 is its own), from 0 in inbound nodes (functional_from_config)
+        if (by_name.get(r.layer) or {}).get("class_name") == "Functional" and r.node_index > 0:
+            r.node_index -= 1
 
     # every call (layer name, node index) with the refs it reads
     calls = {}
@@ -222,11 +227,8 @@ def _functional(cfg, entries, name, make_layer, make_input, depth, ids):
         nodes = e.get("inbound_nodes")
         if not isinstance(nodes, list):
             raise ModelFileError(f"model '{name}': layer '{lname}' has no inbound_nodes list")
-        # a nested Functional model's node 0 is its own (input -> output): the config
-        # numbers the calls in this model from 1 (Keras' get_config reindexing)
-        first = 1 if e.get("class_name") in ("Functional", "Model") else 0
         for pos, node in enumerate(nodes):
-            k = first + pos
+            k = pos
             where = f"model '{name}': layer '{lname}' call {pos}"
             args, kwargs = _call_of(node, where)
             refs = []

@@ -86,7 +86,7 @@ def _collect_vars(group, where, depth=0):
     return out
 
 
-def _build_layer(entry, datasets, vocabulary=None):
+def _build_layer(entry, datasets, vocabulary=None, keras_ordered=False):
     """Check the weight datasets against the config, then read them and build the layer.
     Any raw error from a malformed config becomes a ModelFileError naming the layer."""
     cls = entry.get("class_name")
@@ -100,6 +100,15 @@ def _build_layer(entry, datasets, vocabulary=None):
                                     f"Supported: {', '.join(sorted(REGISTRY))}")
     where = f"layer '{name}' ({cls})"
     with _config_errors(where):
+        if keras_ordered and hasattr(ctor, "keras_order_of"):
+            # a legacy .h5 lists a layer's weights in Keras' order; the constructor takes
+            # the .keras file's (sub-layers alphabetically)
+            order = ctor.keras_order_of(cfg)
+            if len(order) == len(datasets):
+                loader = [None] * len(order)
+                for j, i in enumerate(order):
+                    loader[i] = datasets[j]
+                datasets = loader
         safety.check_weights(where, datasets, ctor.weight_shapes(cfg))
         weights = safety.read_weights(where, datasets)
         if ctor is TextVectorization:
@@ -150,7 +159,7 @@ def _layer_maker(model_cfg, get_weights, get_vocab, prefix="", owner=()):
                 "is an operation (Keras cannot load it either); save the model as .keras")
         weights = get_weights(entry, path, list(owner))
         vocab = get_vocab(entry, path) if entry.get("class_name") == "TextVectorization" else None
-        return _build_layer(entry, weights, vocab)
+        return _build_layer(entry, weights, vocab, keras_ordered=getattr(get_weights, "keras_ordered", False))
     return make_layer
 
 
@@ -294,12 +303,20 @@ def _legacy_weights(mw, path, outer):
             return []
         names = _attr_list(grp, "weight_names")
         if owner:
-            want = "/".join(owner + [name]) + "/"
-            names = [w for w in names if _without_prefix(w, outer).startswith(want)]
+            # a nested Sequential's weights are named outer/inner/layer/..., a nested
+            # Functional's layer/... : try the longest owner path first
+            stripped = [_without_prefix(w, outer) for w in names]
+            for i in range(len(owner) + 1):
+                want = "/".join(owner[i:] + [name]) + "/"
+                picked = [w for w, b in zip(names, stripped) if b.startswith(want)]
+                if picked:
+                    break
+            names = picked
         try:
             return [safety.hard_path(grp, w, path) for w in names]
         except (OSError, KeyError, ValueError) as e:
             raise ModelFileError(f"{path}: cannot read weights of layer '{name}' ({e})") from None
+    get_weights.keras_ordered = True
     return get_weights
 
 

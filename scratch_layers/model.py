@@ -122,10 +122,11 @@ class Model:
                     raise _Inexact() from None
                 layer = step[0]
                 shapes = ", ".join(str((None,) + np.shape(x)[1:]) for x in xs if x is not None)
+                what = "does not fit its inputs, of shapes" if len(xs) > 1 else \
+                    "its weights do not fit its input, of shape"
                 raise ModelFileError(
-                    f"{layer.class_name} layer '{layer.name}': its weights do not fit its input, "
-                    f"of shape {shapes} in this model ({e}); the file's weights and config do "
-                    "not belong together") from None
+                    f"{layer.class_name} layer '{layer.name}': {what} {shapes} in this model "
+                    f"({e}); the file's config and weights do not belong together") from None
         try:
             executor.run(self.graph, self._unfused, self._unfused_frees, probe, run_step=check)
         except _Inexact:
@@ -359,12 +360,12 @@ class Model:
     def get_weights(self):
         """Copies of every weight, aligned with ``keras_model.get_weights()`` (Keras order,
         non-trainable ones such as BatchNormalization's moving statistics included)."""
-        return [np.array(w, copy=True) for layer in self.layers for w in layer.weights]
+        return [np.array(w, copy=True) for layer in self.layers for w in keras_ordered(layer, layer.weights)]
 
     @property
     def trainable_flags(self):
         """Per weight of :meth:`get_weights`: whether it is in ``keras_model.trainable_weights``."""
-        return [f for layer in self.layers for f in layer.trainable_flags()]
+        return [f for layer in self.layers for f in keras_ordered(layer, layer.trainable_flags())]
 
     def set_weights(self, weights):
         """Replace every weight (the list :meth:`get_weights` returns); each layer is rebuilt
@@ -378,7 +379,8 @@ class Model:
         for layer in self.layers:
             n = len(layer.weights)
             if n:
-                layer.set_weights([np.array(w, dtype=self.dtype) for w in weights[i:i + n]])
+                ws = from_keras_order(layer, weights[i:i + n])
+                layer.set_weights([np.array(w, dtype=self.dtype) for w in ws])
                 _cast_layer(layer, self.dtype, set())
             i += n
         self._replan()
@@ -417,6 +419,24 @@ class Model:
         weights replaced). ``keras.models.load_model`` reads the result."""
         from .saving import save_model
         save_model(self, path)
+
+
+def keras_ordered(layer, per_weight):
+    """A per-weight list of ``layer`` (its own order) in Keras' ``layer.weights`` order:
+    they differ for layers with sub-layers, e.g. MultiHeadAttention (``keras_order``)."""
+    order = getattr(layer, "keras_order", None)
+    return list(per_weight) if order is None else [per_weight[i] for i in order]
+
+
+def from_keras_order(layer, per_weight):
+    """The inverse of :func:`keras_ordered`."""
+    order = getattr(layer, "keras_order", None)
+    if order is None:
+        return list(per_weight)
+    out = [None] * len(order)
+    for j, i in enumerate(order):
+        out[i] = per_weight[j]
+    return out
 
 
 class _Inexact(Exception):

@@ -31,6 +31,7 @@ from . import activations
 from .base import Layer
 from .core import Activation, Dense, Softmax
 from .errors import InputError, NoBackwardError
+from .model import keras_ordered
 
 EPSILON = 1e-7  # keras.backend.epsilon()
 
@@ -242,7 +243,7 @@ def forward_backward(model, x, y, training=False, seed=None, augmentation="error
     for layer in model.layers:
         f = flags[id(layer)]
         per = weight_grads.get(id(layer)) or [None] * len(f)
-        for w, keep, gw in zip(layer.weights, f, per):
+        for w, keep, gw in keras_ordered(layer, list(zip(layer.weights, f, per))):
             if keep:
                 grads.append(np.zeros_like(w) if gw is None else gw.reshape(w.shape))
     return loss, grads, ctx
@@ -255,13 +256,14 @@ def train_on_batch(model, x, y, optimizer, seed=None, augmentation="error"):
     the update."""
     loss, grads, _ = forward_backward(model, x, y, True, seed, augmentation)
     new, trainable, squares = [], [], []
-    for layer in model.layers:
+    for layer in model.layers:  # every list in Keras' weight order
         updated = layer.state_updates() if hasattr(layer, "state_updates") else None
         ws = list(updated) if updated is not None else list(layer.weights)
         sq = layer.gradient_squares() if hasattr(layer, "gradient_squares") else [None] * len(ws)
-        for j, keep in enumerate(layer.trainable_flags()):
+        ws, sq, current = (keras_ordered(layer, v) for v in (ws, sq, layer.weights))
+        for j, keep in enumerate(keras_ordered(layer, layer.trainable_flags())):
             if keep:
-                trainable.append((len(new) + j, layer.weights[j]))
+                trainable.append((len(new) + j, current[j]))
                 squares.append(sq[j])
         new.extend(ws)
     stepped = optimizer.apply([w for _, w in trainable], grads, squares)
