@@ -1,5 +1,5 @@
 """Command line: ``python -m experiments train [--profile full] [--family cnn] [--retrain]
-[--scheduler local:N | tcp://HOST:PORT] [--gpus-per-run G] [--retries R]``.
+[--baseline-only] [--seed N] [--scheduler local:N | tcp://HOST:PORT] [--gpus-per-run G] [--retries R]``.
 
 Trains (or finds in the cache) every distinct configuration of the selected families,
 once per seed of the profile's recipe, seed-major (every configuration gets its first
@@ -16,6 +16,7 @@ import time
 
 from .families import all_families
 from .profiles import PROFILES, resolve_profile
+from .studies import canonical
 from .training import get_trained
 
 
@@ -36,16 +37,26 @@ def main(argv=None) -> int:
     train.add_argument("--retries", type=int, default=None, metavar="R",
                        help="with --scheduler local:N: how often a run may lose its worker "
                             "(killed, out of memory) and start again elsewhere (default 2)")
+    train.add_argument("--baseline-only", action="store_true",
+                       help="only each family's baseline configuration (all its seeds)")
+    train.add_argument("--seed", type=int, action="append",
+                       help="only this seed (repeatable); default every seed of the recipe")
     args = parser.parse_args(argv)
     profile = resolve_profile(args.profile)
     families = [f for f in all_families() if not args.family or f.name in args.family]
     since = time.time() if args.retrain else None
+
+    def only(fam, config, seed) -> bool:
+        return ((not args.baseline_only or canonical(config) == canonical(fam.baseline))
+                and (not args.seed or seed in args.seed))
     if args.scheduler:
-        return _train_distributed(args, families, profile, since)
+        return _train_distributed(args, families, profile, since, only)
     if args.gpus_per_run or args.retries is not None:
         parser.error("--gpus-per-run and --retries need --scheduler")
     for fam in families:
         for config, seed in fam.runs(profile):
+            if not only(fam, config, seed):
+                continue
             tm = get_trained(fam, config, profile, seed, retrain_since=since)
             m = tm.meta
             print(f"{tm.entry.path.name}: {'cache hit' if tm.cache_hit else 'trained'}, "
@@ -54,7 +65,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _train_distributed(args, families, profile: str, since: float | None) -> int:
+def _train_distributed(args, families, profile: str, since: float | None, only) -> int:
     from . import distributed
 
     try:
@@ -69,7 +80,7 @@ def _train_distributed(args, families, profile: str, since: float | None) -> int
             print(f"[scratchnet] cluster {client.scheduler.address}: "
                   f"{len(client.scheduler_info()['workers'])} workers", file=sys.stderr, flush=True)
             result = distributed.train_on_cluster(client, families, profile, retrain_since=since,
-                                                  gpus_per_run=args.gpus_per_run)
+                                                  gpus_per_run=args.gpus_per_run, only=only)
     except distributed.SchedulerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
