@@ -286,6 +286,7 @@ def reference_sentence(family_title: str, selected: dict | None, refs: dict | No
     verdict = ("The reference scores better than the selected model." if ci and x > ci[1] else
                "The selected model scores better than the reference." if ci and x < ci[0] else "")
     return (f"{family_title}: the selected model's mean test macro-F1 is {f1:.3f}{ci_text}. "
-            f"{best['name']} (chosen on validation) scores {x:.3f} on the same test split, {where}. "
+            f"{best['name'][:1].upper() + best['name'][1:]} (chosen on validation) scores {x:.3f} on the same "
+            f"test split, {where}. "
             + (f"Always predicting the majority class scores {maj['test_macro_f1']:.3f}. " if maj else "")
             + verdict).strip()

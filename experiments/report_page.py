@@ -105,7 +105,7 @@ def rerender(results_path: Path, out: Path, with_examples: bool = True, with_ref
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m experiments.report_page", description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="?", default="reports/results.json")
-    ap.add_argument("-o", "--out", default="reports/report-rerendered.html")
+    ap.add_argument("-o", "--out", required=True, help="where to write the page")
     ap.add_argument("--json-out", default=None, help="also write the rebuilt results document here")
     ap.add_argument("--no-examples", action="store_true", help="skip the misclassified items (no data loading)")
     ap.add_argument("--no-references", action="store_true", help="skip the reference baselines")
