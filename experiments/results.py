@@ -131,7 +131,8 @@ def selection_margin(best: dict, runner: dict | None, n_val: int | None) -> dict
     one_item = 1.0 / n_val if metric == "val_accuracy" and n_val else None
     sd = best["validation"].get("std")
     reasons = []
-    if one_item is not None and diff < one_item:
+    # accuracies are counts / n_val stored in float32: compare in items, not in raw floats
+    if one_item is not None and round(diff * n_val, 4) < 1:
         reasons.append(f"less than one validation item (1/{n_val} = {one_item:.4f})")
     if sd is not None and diff < sd:
         reasons.append(f"less than the selected configuration's seed SD ({sd:.4f})")

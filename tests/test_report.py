@@ -42,6 +42,9 @@ def test_a_lead_under_one_validation_item_is_a_tie():
     m = selection_margin(best, runner, 100)
     assert m["difference"] == pytest.approx(0.004) and m["one_item"] == pytest.approx(0.01)
     assert m["tie"] and "less than one validation item" in m["why"]
+    # exactly one item (69 against 68 of 100, as float32 accuracies) is not under one item
+    one = selection_margin(variant("a", "A", [.7], [np.float32(0.69)]), variant("b", "B", [.7], [np.float32(0.68)]), 100)
+    assert not one["tie"]
 
 
 def test_a_lead_under_the_seed_sd_is_a_tie_and_a_clear_lead_is_not():
