@@ -74,6 +74,9 @@ def _train_distributed(args, families, profile: str, since: float | None, only) 
         print(f"error: {exc}", file=sys.stderr)
         return 2
     retries = distributed.DEFAULT_RETRIES if args.retries is None else args.retries
+    if args.retries is not None and not args.scheduler.startswith("local:"):
+        print("[scratchnet] --retries applies to local:N only: a running scheduler uses its own "
+              "distributed.scheduler.allowed-failures", file=sys.stderr)
     try:
         with distributed.cluster_client(args.scheduler, retries=retries,
                                         gpus_per_run=args.gpus_per_run) as client:

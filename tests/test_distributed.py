@@ -134,6 +134,45 @@ def test_a_second_call_finds_everything_cached_and_submits_nothing(client, cache
     assert len(result.cached) == 3
 
 
+def test_a_run_another_process_is_training_is_waited_for_not_submitted(client, cache, monkeypatch):
+    """Two trainers on one cache: the entry's file lock.  While an in-process trainer holds
+    it (here a thread standing in for another process), the cluster client does not submit
+    the run; it waits for the lock and takes the entry the other trainer landed."""
+    import shutil
+    import threading
+
+    fam = family("lstm")
+    config = {**fam.baseline, "layers": 2}
+    name = _name(fam, config)
+    key = config_key(fam, config, "smoke", profile_data(fam, "smoke"), 1)
+    donor = ModelCache(cache_root("smoke")).entry_path(_name(fam, fam.baseline)) / "model.keras"
+    holding, release = threading.Event(), threading.Event()
+
+    def other_trainer():
+        def build(tmp):
+            holding.set()
+            release.wait(60)
+            shutil.copy(donor, tmp / "model.keras")
+            return {"created": 1e12}
+        ModelCache(cache_root("smoke")).get_or_build(name, key, build)
+
+    submitted, results = [], []
+    monkeypatch.setattr(client, "submit", lambda *a, **k: submitted.append(a))
+    other = threading.Thread(target=other_trainer)
+    other.start()
+    assert holding.wait(60)
+    waiter = threading.Thread(target=lambda: results.append(distributed.train_on_cluster(
+        client, [fam], "smoke", progress=False, out=io.StringIO(), only=_only(("lstm", config)))))
+    waiter.start()
+    waiter.join(3)
+    assert waiter.is_alive(), "the client must wait for the other trainer's lock"
+    release.set()
+    other.join(60)
+    waiter.join(60)
+    assert results and results[0].by_other == [name] and results[0].submitted == []
+    assert submitted == []
+
+
 def test_worker_trained_run_equals_in_process_run_bit_for_bit(client, cache, tmp_path):
     """At equal thread count (1) TensorFlow gives the same weights on a worker as in a
     fresh process: the same ops in the same order on one thread, the same seeds (Keras'
