@@ -27,7 +27,7 @@ import numpy as np
 
 from . import activations
 from .conv import Conv2D, DepthwiseConv2D, MaxPooling2D, conv_geometry, pool2d, tf_max_floor
-from .core import BatchNormalization, Embedding, ReLU
+from .core import Activation, BatchNormalization, Embedding, ReLU
 from .recurrent import Bidirectional, RNNBase
 
 # im2col buffer per block of images in the fused Conv2D -> MaxPooling2D step: the patches
@@ -48,14 +48,29 @@ class Step(tuple):
 
 
 def _plain_relu(layer) -> bool:
+    """A ReLU layer without options, or Activation("relu") (ResNet's blocks use the latter)."""
+    if isinstance(layer, Activation):
+        return layer.fn is activations.relu
     return (isinstance(layer, ReLU) and layer.max_value is None and layer.negative_slope == 0.0
             and layer.threshold == 0.0)
 
 
+def _foldable(conv, bn) -> bool:
+    """Conv2D or DepthwiseConv2D (linear) followed by a per-channel BatchNormalization."""
+    if not (type(conv) in (Conv2D, DepthwiseConv2D) and conv.activation is activations.linear
+            and isinstance(bn, BatchNormalization) and bn.axis in (-1, 3)):
+        return False
+    channels = conv.kernel.shape[-1] * (conv.kernel.shape[2] if type(conv) is DepthwiseConv2D else 1)
+    return bn.mul.shape == (channels,)
+
+
 def _fold_batchnorm(conv, bn, relu):
-    """One Conv2D equal to Conv2D(linear) -> BatchNormalization(channels) [-> ReLU]."""
+    """One convolution equal to conv(linear) -> BatchNormalization(channels) [-> ReLU]:
+    ``conv(x, W) * mul + add == conv(x, W * mul) + add`` per output channel (a depthwise
+    kernel (kh, kw, C, M) has output channel c*M + m)."""
     folded = copy.copy(conv)
-    folded.kernel = np.ascontiguousarray(conv.kernel * bn.mul)
+    mul = bn.mul.reshape(conv.kernel.shape[2:]) if type(conv) is DepthwiseConv2D else bn.mul
+    folded.kernel = np.ascontiguousarray(conv.kernel * mul)
     folded.bias = (conv.bias * bn.mul + bn.add) if conv.bias is not None else np.array(bn.add, copy=True)
     folded.activation = activations.relu if relu else activations.linear
     return folded
@@ -93,9 +108,7 @@ def plan_steps(graph, fuse=True):
             done.add(nxt)
             continue
         chain, last = [i], i
-        if (type(layer) is Conv2D and layer.activation is activations.linear and nxt is not None
-                and isinstance(nodes[nxt].layer, BatchNormalization) and nodes[nxt].layer.axis in (-1, 3)
-                and nodes[nxt].layer.mul.shape == (layer.kernel.shape[-1],)):
+        if nxt is not None and _foldable(layer, nodes[nxt].layer):
             bn = nodes[nxt].layer
             chain.append(nxt)
             after = sole_consumer(nxt)

@@ -98,6 +98,8 @@ class Model:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype}")
         for layer in self.layers:
             _cast_layer(layer, dtype, set())
+            if hasattr(layer, "float_dtype"):  # operations that make floats (Cast, Arange)
+                layer.float_dtype = dtype
         self.dtype = dtype
         self._replan()
         return self

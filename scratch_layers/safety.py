@@ -201,6 +201,8 @@ def _check_dataset(where, ds):
     a known filter at most MAX_INFLATE_RATIO x), with no external or virtual storage."""
     if not isinstance(ds, h5py.Dataset):
         raise ModelFileError(f"{where} is not an HDF5 dataset")
+    if ds.dtype.kind in "iu" and ds.shape == ():
+        return  # a counter such as an adapted Normalization's ``count``
     if ds.dtype.kind != "f" or ds.dtype.itemsize not in (2, 4, 8):
         raise ModelFileError(f"{where} has dtype {ds.dtype}; weights must be float16/32/64")
     if ds.external or ds.is_virtual:

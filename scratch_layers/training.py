@@ -39,10 +39,11 @@ EPSILON = 1e-7  # keras.backend.epsilon()
 # after the update) in ways scratch_layers does not reproduce.
 _REGULARIZERS = ("kernel_regularizer", "bias_regularizer", "recurrent_regularizer",
                  "activity_regularizer", "embeddings_regularizer", "beta_regularizer",
-                 "gamma_regularizer", "depthwise_regularizer")
+                 "gamma_regularizer", "depthwise_regularizer", "alpha_regularizer",
+                 "pointwise_regularizer")
 _CONSTRAINTS = ("kernel_constraint", "bias_constraint", "recurrent_constraint",
                 "embeddings_constraint", "beta_constraint", "gamma_constraint",
-                "depthwise_constraint")
+                "depthwise_constraint", "alpha_constraint", "pointwise_constraint")
 
 
 @dataclass

@@ -51,6 +51,8 @@ def float64_twin(keras_model):
     for src, dst in zip(keras_model.layers, twin.layers):
         if isinstance(src, keras.layers.TextVectorization):
             dst.set_vocabulary(src.get_vocabulary())
+        if isinstance(dst, keras.layers.Normalization):
+            dst.finalize_state()  # it caches its statistics; set_weights does not refresh them
     return twin
 
 

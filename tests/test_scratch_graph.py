@@ -457,3 +457,20 @@ def test_unknown_operation_is_refused_by_name(tmp_path):
         add.update({"module": "keras.src.ops.numpy", "class_name": "Einsum", "registered_name": "Einsum"})
     with pytest.raises(UnsupportedLayerError, match="Einsum"):
         scratch_layers.load_model(_graph_file(tmp_path, edit))
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_functional_nested_in_sequential(tmp_path, fmt):
+    """A Functional block (with a skip) inside a Sequential model: the legacy .h5 names its
+    weights without the outer prefix, which once failed with 'the file holds 0'."""
+    k = keras()
+    i = k.Input((8, 8, 3))
+    h = k.layers.Conv2D(3, 3, padding="same")(i)
+    block = k.Model(i, k.layers.Add()([i, h]), name="block")
+    model = k.Sequential([k.Input((8, 8, 3)), k.layers.Conv2D(3, 1), block, k.layers.Flatten(),
+                          k.layers.Dense(3, activation="softmax")])
+    randomize_weights(model, 5)
+    sm, _ = save_load(model, tmp_path, fmt)
+    x = _images()
+    np.testing.assert_allclose(sm.predict(x), model.predict(x, verbose=0), atol=ATOL, rtol=RTOL)
+    compare_gradients(model, sm, x, _labels(6, 3))

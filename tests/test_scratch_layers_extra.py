@@ -239,33 +239,8 @@ def test_normalization_from_config(case, tmp_path, record_property):
     check_case(m, inputs((4, 3)), tmp_path, record_property)
 
 
-@pytest.fixture
-def int_count_weights(monkeypatch):
-    """Let safety.check_weights accept Normalization's int64 ``count`` scalar (until
-    scratch_layers.safety does; see test_normalization_adapted_loads_unpatched), and give the
-    float64 twin the statistics it was given (Keras' Normalization caches them in
-    ``finalize_state()``, which ``set_weights`` does not call, so verify.float64_twin's copy
-    would normalize with zeros and ones)."""
-    from scratch_layers import safety, verify
-    real_check, real_twin = safety._check_dataset, verify.float64_twin
-
-    def check(where, ds):
-        if ds.dtype.kind in "iu" and ds.shape == ():
-            return
-        real_check(where, ds)
-
-    def twin(model):
-        t = real_twin(model)
-        for layer in t.layers:
-            if type(layer).__name__ == "Normalization":
-                layer.finalize_state()
-        return t
-    monkeypatch.setattr(safety, "_check_dataset", check)
-    monkeypatch.setattr(verify, "float64_twin", twin)
-
-
 @pytest.mark.parametrize("axis", [-1, None, [1, 2]])
-def test_normalization_adapted(axis, tmp_path, record_property, int_count_weights):
+def test_normalization_adapted(axis, tmp_path, record_property):
     """Adapted statistics are the file's weights mean, variance, count (count is int64)."""
     k = keras()
     norm = k.layers.Normalization(axis=axis)
@@ -280,9 +255,6 @@ def test_normalization_adapted(axis, tmp_path, record_property, int_count_weight
     check_case(m, x, tmp_path, record_property, randomize=False)
 
 
-@pytest.mark.xfail(strict=True, raises=ModelFileError,
-                   reason="scratch_layers.safety refuses the int64 'count' weight of an adapted "
-                          "Normalization (weights must be float16/32/64)")
 def test_normalization_adapted_loads_unpatched(tmp_path):
     k = keras()
     norm = k.layers.Normalization()
