@@ -273,6 +273,7 @@ def train_on_cluster(client, families: Iterable[Family], profile: str, *,
     after each entry lands.  Returns what happened; ``KeyboardInterrupt`` cancels the
     runs in flight, keeps the landed entries and propagates."""
     from distributed import wait
+    from filelock import Timeout as FileLockTimeout
 
     out = out or sys.stdout
     result = ClusterResult()
@@ -289,7 +290,7 @@ def train_on_cluster(client, families: Iterable[Family], profile: str, *,
         lock = _lock(cache, run.name)
         try:
             lock.acquire(timeout=0)
-        except Exception:  # filelock.Timeout: held elsewhere
+        except FileLockTimeout:  # held by another trainer
             deferred.append(run)
             continue
         locks[run.name] = lock
@@ -361,7 +362,10 @@ def _collect(client, pending: dict, cache: ModelCache, locks: dict, result: Clus
                 if on_landed is not None:
                     on_landed(run.name)
             else:
-                exc, tb = fut.exception(), fut.traceback()
+                if fut.status == "cancelled":  # by someone else (another client, the cluster)
+                    exc, tb = RuntimeError(f"{run.name}: the task was cancelled"), None
+                else:
+                    exc, tb = fut.exception(), fut.traceback()
                 text = "".join(traceback.format_exception(type(exc), exc, tb))
                 result.failed[run.name] = text
                 fut.release()
