@@ -171,8 +171,9 @@ def run_step(step, xs, masks):
 
 def run(graph, steps, frees, inputs, on_output=None, run_step=run_step):
     """Run ``steps`` on the input arrays (one per graph input); returns the outputs' arrays.
-    ``on_output(step, y)``, when given, sees every step's output (before it may be freed);
-    ``run_step`` computes one step (the load-time check wraps it)."""
+    ``on_output(step, y, live)``, when given, sees every step's output and the live tensors
+    (id -> array, before the step's dead inputs are freed); ``run_step`` computes one step
+    (the load-time check wraps it)."""
     values = dict(zip(graph.inputs, inputs))
     masks = dict.fromkeys(graph.inputs)
     for step, free in zip(steps, frees):
@@ -181,7 +182,7 @@ def run(graph, steps, frees, inputs, on_output=None, run_step=run_step):
         y, mask = run_step(step, xs, ms)
         values[step.output], masks[step.output] = y, mask
         if on_output is not None:
-            on_output(step, y)
+            on_output(step, y, values)
         for t in free:
             del values[t], masks[t]
     return [values[t] for t in graph.outputs]
@@ -212,24 +213,18 @@ def elements_per_sample(graph, steps, frees, probe):
     (plus a convolution's im2col buffer), plus every other live tensor (a skip
     connection waiting for its merge). A fused step that convolves in blocks holds only
     its input and its pooled output."""
-    sizes = {t: np.asarray(x).size for t, x in zip(graph.inputs, probe)}
-    per = max(sizes.values(), default=1)
-    values = dict(zip(graph.inputs, probe))
-    masks = dict.fromkeys(graph.inputs)
-    for step, free in zip(steps, frees):
-        xs = [None if t is None else values[t] for t in step.inputs]
-        ms = [None if t is None else masks[t] for t in step.inputs]
-        y, mask = run_step(step, xs, ms)
-        values[step.output], masks[step.output] = y, mask
+    per = max((np.asarray(x).size for x in probe), default=1)
+
+    def measure(step, y, live):
+        nonlocal per
         out = np.asarray(y).size
         layer = step[0]
         if isinstance(layer, (Conv2D, DepthwiseConv2D)) and len(step) == 1:
             k = layer.kernel
             out += out // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
-        read = {t for t in step.inputs if t is not None}
-        others = sum(n for t, n in sizes.items() if t not in read)
-        per = max(per, max([sizes[t] for t in read] + [out]) + others)
-        sizes[step.output] = np.asarray(y).size
-        for t in free:
-            del values[t], masks[t], sizes[t]
+        read = [np.asarray(live[t]).size for t in step.inputs if t is not None]
+        others = sum(np.asarray(v).size for t, v in live.items()
+                     if t not in step.inputs and t != step.output)
+        per = max(per, max(read + [out]) + others)
+    run(graph, steps, frees, probe, on_output=measure)
     return per

@@ -257,7 +257,7 @@ class Model:
         for alias, t in self.graph.aliases.items():
             names.setdefault(t, []).append(alias)
 
-        def record(step, y):
+        def record(step, y, live):
             for node in step.nodes:
                 outs[node.name] = np.asarray(y)
             for alias in names.get(step.output, ()):

@@ -6,7 +6,6 @@ No timing is asserted; the outputs are checked against Keras'.
 Also the memory of ResNet50's predict: the peak of NumPy's allocations (tracemalloc)
 above the input, held under a bound and flat in the batch size, as the study CNN's is."""
 import os
-import tracemalloc
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -16,6 +15,7 @@ import pytest
 import scratch_layers
 from keras_factories import keras, randomize_weights
 from scratch_layers.verify import ATOL, KERAS_BATCH, RTOL
+from test_scratch_errors import _peak_extra
 
 N_IMAGES, SIZE = 64, 96
 MODELS = ["ResNet50", "MobileNetV2"]
@@ -61,15 +61,6 @@ def test_application_forward_speed(benchmark, application_files, images, name, i
     assert np.allclose(out, ref, atol=ATOL, rtol=RTOL), float(np.abs(out - ref).max())
 
 
-def _peak_above_input(fn):
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.applications
 def test_resnet50_predict_memory_is_bounded_and_flat(application_files, images):
     """The executor frees every tensor after its last reader, and predict works in
@@ -79,7 +70,7 @@ def test_resnet50_predict_memory_is_bounded_and_flat(application_files, images):
     small = np.concatenate([images[:16]] * 2)
     large = np.concatenate([images] * 2)
     sm.predict(small[:2])
-    peaks = {len(x): _peak_above_input(lambda x=x: sm.predict(x)) for x in (small, large)}
+    peaks = {len(x): _peak_extra(lambda x=x: sm.predict(x)) for x in (small, large)}
     outputs_growth = (len(large) - len(small)) * 10 * 8
     print(f"ResNet50 predict peak above the input: " +
           ", ".join(f"{n} images {p / 2 ** 20:.1f} MiB" for n, p in peaks.items()))
