@@ -113,9 +113,15 @@ def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit
 
 
 class Conv2D(Layer):
-    """Conv2D: y = activation(conv2d(x, kernel) + bias); channels_last, groups=1."""
+    """Conv2D: y = activation(conv2d(x, kernel) + bias); channels_last. ``groups`` > 1
+    builds a :class:`GroupedConv2D`."""
 
     spatial = 2  # number of spatial axes of the kernel
+
+    def __new__(cls, config=None, weights=None, class_name=None):
+        if cls is Conv2D and isinstance(config, dict) and int(config.get("groups", 1) or 1) > 1:
+            cls = GroupedConv2D
+        return super().__new__(cls)
 
     @classmethod
     def weight_shapes(cls, config):
@@ -131,7 +137,8 @@ class Conv2D(Layer):
         super().__init__(config, weights, class_name)
         self.rank = 2
         self.require("data_format", ("channels_last", None), "channels_last")
-        self.require("groups", (1,), 1)
+        if type(self) is not GroupedConv2D:
+            self.require("groups", (1,), 1)
         self.padding = self.require("padding", ("valid", "same"), "valid")
         self.strides = self.sizes("strides", 2, 1)
         self.dilation = self.sizes("dilation_rate", 2, 1)
@@ -208,6 +215,49 @@ class Conv2D(Layer):
                 dx[s] = col2im(dz[s], k, dx[s].shape, self.strides, self.dilation, pads)
             for_blocks(block, len(dx), dz.size * k.shape[0] * k.shape[1])
         return (dx if len(self.weights[0].shape) == 4 else dx[:, 0]), grads
+
+
+class GroupedConv2D(Conv2D):
+    """Conv2D with ``groups`` = the number of input channels (ConvNeXt's depthwise
+    convolutions): kernel (kh, kw, 1, F), filter f reads input channel f // (F / C). That
+    is a depthwise convolution with multiplier M = F / C, kernel (kh, kw, C, M), whose
+    output channel c*M + m is filter f: the same maths (:func:`depthwise_conv2d`)."""
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        self.groups = int(config["groups"])
+        kh, kw, per_group, f = self.kernel.shape
+        if per_group != 1 or f % self.groups:
+            raise self.unsupported("groups", self.groups, "only groups equal to the number of input "
+                                   "channels (a depthwise convolution, as in ConvNeXt) is supported")
+        self.depthwise = self.kernel.reshape(kh, kw, self.groups, f // self.groups)
+
+    def _conv(self, x):
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        self.check_last_dim(x, self.groups)
+        return depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation)[0]
+
+    def forward_train(self, x, mask, ctx):
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        self.check_last_dim(x, self.groups)
+        z, xp = depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation)
+        if self.bias is not None:
+            z += self.bias
+        y = self.activation(z)
+        self._saved = (x.shape, xp, z, y)
+        return y
+
+    def backward(self, dy, need_dx=True, wrt_preactivation=False):
+        x_shape, xp, z, y = self._saved
+        dy = dy.reshape(y.shape)
+        dz = dy if wrt_preactivation else activations.backward(
+            self.activation, z, y, dy, f"{self.class_name} layer '{self.name}'")
+        dk, dx = depthwise_conv2d_backward(xp, x_shape, self.depthwise, dz, self.strides,
+                                           self.padding, self.dilation, need_dx)
+        grads = [dk.reshape(self.weights[0].shape)]
+        if self.bias is not None:
+            grads.append(dz.sum(axis=(0, 1, 2)))
+        return dx, grads
 
 
 class Conv1D(Conv2D):

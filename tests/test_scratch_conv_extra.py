@@ -335,3 +335,25 @@ def test_registry_has_the_new_layers():
                  "DepthwiseConv1D", "Cropping2D", "Cropping1D", "ZeroPadding1D", "UpSampling2D",
                  "UpSampling1D"):
         assert name in scratch_layers.REGISTRY
+
+
+@pytest.mark.parametrize("strides,padding", [(1, "same"), (2, "valid")])
+def test_grouped_conv2d_as_depthwise(tmp_path, strides, padding):
+    """Conv2D(groups = input channels), as ConvNeXt writes its depthwise convolutions."""
+    from backward_helpers import compare_gradients
+    from keras_factories import check_model
+    k = keras()
+    m = k.Sequential([k.Input((7, 7, 4)), k.layers.Conv2D(8, 3, strides=strides, padding=padding, groups=4,
+                                                          activation="relu"),
+                      k.layers.Flatten(), k.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(3).normal(0, 1, (5, 7, 7, 4)).astype(np.float32)
+    sm, _ = check_model(m, x, tmp_path)
+    compare_gradients(m, sm, x, np.array([0, 1, 2, 1, 0]))
+
+
+def test_grouped_conv2d_with_several_channels_per_group_is_refused(tmp_path):
+    k = keras()
+    m = k.Sequential([k.Input((6, 6, 4)), k.layers.Conv2D(4, 3, groups=2)])
+    m.save(tmp_path / "g.keras")
+    with pytest.raises(scratch_layers.UnsupportedLayerError, match="groups=2.*depthwise"):
+        scratch_layers.load_model(tmp_path / "g.keras")
