@@ -60,6 +60,11 @@ def as_float64(x):
     return x.astype(np.float64) if getattr(x, "dtype", None) == np.float32 else x
 
 
+def _graph_of(keras_model):
+    """The Functional graph of a model (a built Sequential keeps one in ``_functional``)."""
+    return getattr(keras_model, "_functional", None) or keras_model
+
+
 def keras_node_outputs(keras_model):
     """``[(name, KerasTensor)]``: the output of every call of a layer or operation in the
     model's graph, named as :meth:`scratch_layers.Model.intermediate_outputs` names them
@@ -67,6 +72,7 @@ def keras_node_outputs(keras_model):
     nested model's name)."""
     import keras
 
+    keras_model = _graph_of(keras_model)
     own = getattr(keras_model, "_nodes", None)
     out = []
     for op in keras_model.operations:
@@ -90,7 +96,7 @@ def keras_intermediate_outputs(keras_model, x) -> dict[str, np.ndarray]:
     named = keras_node_outputs(keras_model)
     if not named:
         return {}
-    probe = keras.Model(keras_model.inputs, [t for _, t in named])
+    probe = keras.Model(_graph_of(keras_model).inputs, [t for _, t in named])
     outs = probe.predict(x, batch_size=KERAS_BATCH, verbose=0)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
     return {name: np.asarray(o) for (name, _), o in zip(named, outs)}

@@ -34,7 +34,7 @@ def test_verify_passes_with_generated_inputs(build, tmp_path, capsys):
     from scratch_layers.__main__ import main
     assert main(["verify", build(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "max|Δ| float64 twin" in out and "OK: every layer equals Keras" in out
+    assert "max|Δ| float64 twin" in out and "OK: every node equals Keras" in out
     assert "FAIL" not in out
 
 
@@ -54,7 +54,8 @@ def test_verify_fails_with_exit_1_when_scratch_differs(tmp_path, capsys, monkeyp
     monkeypatch.setattr(Dense, "forward", lambda self, x, mask=None: original(self, x, mask) + 1e-7)
     assert main(["verify", _cnn(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "FAIL: 1 layer(s) differ" in out and "dense" in out
+    assert "FAIL: 1 node(s) differ" in out and "dense" in out
+    assert "the first that diverges is 'dense" in out
 
 
 def test_verify_reads_an_npy_input(tmp_path, capsys):
