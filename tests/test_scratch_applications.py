@@ -37,6 +37,11 @@ OTHER_MODELS = [("DenseNet169", 32), ("DenseNet201", 32), ("EfficientNetB1", 32)
                 ("EfficientNetV2M", 32), ("EfficientNetV2L", 32), ("ResNet101", 32), ("ResNet152", 32),
                 ("ResNet50V2", 32), ("ResNet101V2", 32), ("ResNet152V2", 32), ("MobileNet", 32),
                 ("MobileNetV3Large", 32), ("NASNetLarge", 32), ("VGG19", 32)]
+# ConvNeXt's exact gelu: TensorFlow's float64 tf.nn.gelu(approximate=False) is off by up
+# to 5.0e-9 (6.6e-7 relative) from 0.5 x (1 + erf(x / sqrt 2)) computed with math.erf on
+# [-6, 6], so the twin itself is off; scratch's gelu equals math.erf's to 9e-16. Its twin
+# checks get 10x the tolerance
+TWIN_SLACK = {"ConvNeXtTiny": 10.0}
 N_IMAGES = 2
 N_CLASSES = 10
 
@@ -48,10 +53,10 @@ def _unsaturate(k, model, x):
     """Scale the classifier's kernel so the logits have SD 2 on ``x``: random weights
     through 50+ layers give logits in the hundreds, a one-hot softmax and gradients of
     zero, which would make the comparison trivial."""
-    head = model.layers[-1]
+    head = next(layer for layer in reversed(model.layers) if layer.get_weights())  # Dense, or a 1x1 Conv2D
     features = k.Model(model.inputs, head.input).predict(x, verbose=0)
     kernel, *rest = head.get_weights()
-    logits = features.reshape(len(x), -1) @ kernel
+    logits = features.reshape(len(x), -1) @ kernel.reshape(-1, kernel.shape[-1])
     head.set_weights([kernel * (2.0 / max(float(logits.std()), 1e-6))] + rest)
 
 
@@ -79,7 +84,8 @@ def check_application(name, size, tmp_path):
     twin_out = np.asarray(twin.predict(x.astype(np.float64), verbose=0))
     d64, d32 = max_abs(got, twin_out), max_abs(got, keras32)
     assert twin_out.max() < 0.999, f"{name}: saturated softmax {twin_out.max()}, a trivial check"
-    assert d64 <= twin_tolerance(twin_out), f"{name}: scratch vs float64 twin {d64:.3g}"
+    slack = TWIN_SLACK.get(name, 1.0)
+    assert d64 <= slack * twin_tolerance(twin_out), f"{name}: scratch vs float64 twin {d64:.3g}"
     rounding_only = not np.allclose(keras32, twin_out, atol=ATOL, rtol=RTOL)
     if not rounding_only:
         assert np.allclose(got, keras32, atol=ATOL, rtol=RTOL), f"{name}: scratch vs float32 {d32:.3g}"
@@ -89,10 +95,10 @@ def check_application(name, size, tmp_path):
     worst_grad = abs(loss - tloss)
     for v, g, t in zip(twin.trainable_weights, grads, tgrads):
         assert g.shape == tuple(v.shape), (v.path, g.shape, v.shape)
-        assert np.allclose(g, t, atol=TWIN_ATOL, rtol=TWIN_RTOL), \
+        assert np.allclose(g, t, atol=slack * TWIN_ATOL, rtol=slack * TWIN_RTOL), \
             f"{name} {v.path}: gradient vs float64 twin {max_abs(g, t):.3g}"
         worst_grad = max(worst_grad, max_abs(g, t))
-    assert abs(loss - tloss) <= TWIN_ATOL * max(1.0, abs(tloss)), (loss, tloss)
+    assert abs(loss - tloss) <= slack * TWIN_ATOL * max(1.0, abs(tloss)), (loss, tloss)
     print(f"{name} ({size}x{size}, {len(sm.graph.nodes)} nodes, {len(grads)} trainable weights): "
           f"forward max|Δ| vs twin {d64:.2e}, vs float32 {d32:.2e}"
           f"{' (float32 Keras off its twin: rounding only)' if rounding_only else ''}; "
