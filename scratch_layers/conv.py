@@ -351,7 +351,36 @@ def depthwise_conv2d_backward(xp, x_shape, kernel, dz, strides, padding, dilatio
     return dk, dx
 
 
-class DepthwiseConv2D(Layer):
+class SpatialConv:
+    """What the convolutions that run their 1-D form as 2-D share: ``spatial`` (1 or 2)
+    axes, Keras' spatial options, and the (N, L, C) <-> (N, 1, L, C) views. A class says
+    how many channels its input has (``in_channels``)."""
+
+    spatial = 2
+
+    def spatial_options(self):
+        """data_format, padding, strides and dilation_rate, as 2-D tuples."""
+        self.require("data_format", ("channels_last", None), "channels_last")
+        self.padding = self.require("padding", ("valid", "same"), "valid")
+        n = self.spatial
+        self.strides = (1,) * (2 - n) + self.sizes("strides", n, 1)
+        self.dilation = (1,) * (2 - n) + self.sizes("dilation_rate", n, 1)
+
+    def _as_image(self, x):
+        if self.spatial == 2:
+            self.check_rank(x, 4, "image batch (N, H, W, C)")
+            x4 = x
+        else:
+            self.check_rank(x, 3, "sequence batch (N, L, C)")
+            x4 = x[:, None]
+        self.check_last_dim(x4, self.in_channels)
+        return x4
+
+    def _from_image(self, y):
+        return y if self.spatial == 2 else y[:, 0]
+
+
+class DepthwiseConv2D(SpatialConv, Layer):
     """Depthwise conv: each input channel convolved with its own depth_multiplier filters.
     kernel (kh, kw, C, M) -> output channels ordered c*M + m (as TF); see
     :func:`depthwise_conv2d`. Backward: :func:`depthwise_conv2d_backward`."""
@@ -370,30 +399,17 @@ class DepthwiseConv2D(Layer):
         self.use_bias = config.get("use_bias", True)
         self.n_weights = 2 if self.use_bias else 1
         super().__init__(config, weights, class_name)
-        self.require("data_format", ("channels_last", None), "channels_last")
-        self.padding = self.require("padding", ("valid", "same"), "valid")
-        n = self.spatial
-        self.strides = (1,) * (2 - n) + self.sizes("strides", n, 1)
-        self.dilation = (1,) * (2 - n) + self.sizes("dilation_rate", n, 1)
-        self.kernel = weights[0] if n == 2 else weights[0][None]
+        self.spatial_options()
+        self.kernel = weights[0] if self.spatial == 2 else weights[0][None]
         self.bias = weights[1] if self.use_bias else None
         if self.bias is not None and self.bias.shape != (self.kernel.shape[2] * self.kernel.shape[3],):
             raise ModelFileError(f"{self.class_name} layer '{self.name}': bias shape {self.bias.shape} "
                                  f"does not fit kernel shape {self.kernel.shape}")
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
 
-    def _as_image(self, x):
-        if self.spatial == 2:
-            self.check_rank(x, 4, "image batch (N, H, W, C)")
-            x4 = x
-        else:
-            self.check_rank(x, 3, "sequence batch (N, L, C)")
-            x4 = x[:, None]
-        self.check_last_dim(x4, self.kernel.shape[2])
-        return x4
-
-    def _from_image(self, y):
-        return y if self.spatial == 2 else y[:, 0]
+    @property
+    def in_channels(self):
+        return self.kernel.shape[2]
 
     def _z(self, x4):
         z, xp = depthwise_conv2d(x4, self.kernel, self.strides, self.padding, self.dilation)

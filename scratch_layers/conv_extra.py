@@ -8,7 +8,8 @@ import numpy as np
 from . import activations
 from ._blas import rows_matmul, rows_matmul_tn
 from .base import Layer, positive_sizes, same_padding
-from .conv import DepthwiseConv2D, depthwise_conv2d, depthwise_conv2d_backward, im2col, pad2d
+from .conv import (DepthwiseConv2D, SpatialConv, depthwise_conv2d, depthwise_conv2d_backward, im2col,
+                   pad2d)
 from .errors import InputError, ModelFileError
 
 
@@ -92,7 +93,7 @@ def conv_transpose2d(x, kernel, strides, padding, output_padding=None, dilation=
     return scatter_patches(cols, out_hw, strides, dilation, pads)
 
 
-class Conv2DTranspose(Layer):
+class Conv2DTranspose(SpatialConv, Layer):
     """Conv2DTranspose: y = activation(conv_transpose2d(x, kernel) + bias), channels_last.
     kernel (kh, kw, filters, in_channels). Backward: the input gradient of a transposed
     convolution is the ordinary strided convolution of dy with the same kernel,
@@ -112,12 +113,9 @@ class Conv2DTranspose(Layer):
         self.use_bias = config.get("use_bias", True)
         self.n_weights = 2 if self.use_bias else 1
         super().__init__(config, weights, class_name)
-        self.require("data_format", ("channels_last", None), "channels_last")
-        self.padding = self.require("padding", ("valid", "same"), "valid")
+        self.spatial_options()
         where = f"{self.class_name} layer '{self.name}'"
         n = self.spatial
-        self.strides = (1,) * (2 - n) + self.sizes("strides", n, 1)
-        self.dilation = (1,) * (2 - n) + self.sizes("dilation_rate", n, 1)
         op = config.get("output_padding")
         if op is None:
             self.output_padding = None
@@ -135,18 +133,9 @@ class Conv2DTranspose(Layer):
         self.bias = weights[1] if self.use_bias else None
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
 
-    def _as_image(self, x):
-        if self.spatial == 2:
-            self.check_rank(x, 4, "image batch (N, H, W, C)")
-            x4 = x
-        else:
-            self.check_rank(x, 3, "sequence batch (N, L, C)")
-            x4 = x[:, None]
-        self.check_last_dim(x4, self.kernel.shape[3])
-        return x4
-
-    def _from_image(self, y):
-        return y if self.spatial == 2 else y[:, 0]
+    @property
+    def in_channels(self):
+        return self.kernel.shape[3]
 
     def _z(self, x4):
         z = conv_transpose2d(x4, self.kernel, self.strides, self.padding, self.output_padding,
@@ -208,7 +197,7 @@ class DepthwiseConv1D(DepthwiseConv2D):
     spatial = 1
 
 
-class SeparableConv2D(Layer):
+class SeparableConv2D(SpatialConv, Layer):
     """SeparableConv2D: a depthwise convolution (kernel (kh, kw, C, M), output channel
     c*M + m) then a pointwise one (kernel (1, 1, C*M, F)):
     u = depthwise_conv2d(x, Kd); z = u @ Kp + b; y = activation(z).
@@ -230,12 +219,8 @@ class SeparableConv2D(Layer):
         self.use_bias = config.get("use_bias", True)
         self.n_weights = 3 if self.use_bias else 2
         super().__init__(config, weights, class_name)
-        self.require("data_format", ("channels_last", None), "channels_last")
-        self.padding = self.require("padding", ("valid", "same"), "valid")
-        n = self.spatial
-        self.strides = (1,) * (2 - n) + self.sizes("strides", n, 1)
-        self.dilation = (1,) * (2 - n) + self.sizes("dilation_rate", n, 1)
-        depthwise = weights[0] if n == 2 else weights[0][None]
+        self.spatial_options()
+        depthwise = weights[0] if self.spatial == 2 else weights[0][None]
         self.depthwise_kernel = depthwise  # (kh, kw, C, M)
         kh, kw, c, m = depthwise.shape
         if weights[1].shape[-2] != c * m:
@@ -245,14 +230,9 @@ class SeparableConv2D(Layer):
         self.bias = weights[2] if self.use_bias else None
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
 
-    _as_image = DepthwiseConv2D._as_image
-
-    def _from_image(self, y):
-        return y if self.spatial == 2 else y[:, 0]
-
     @property
-    def kernel(self):  # the depthwise kernel, for _as_image's channel check
-        return self.depthwise_kernel
+    def in_channels(self):
+        return self.depthwise_kernel.shape[2]
 
     def _z(self, x4):
         u, xp = depthwise_conv2d(x4, self.depthwise_kernel, self.strides, self.padding, self.dilation)
