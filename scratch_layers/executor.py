@@ -77,12 +77,10 @@ def _fold_batchnorm(conv, bn, relu):
 
 
 def plan_steps(graph, fuse=True):
-    """``(steps, blocked)``: predict's plan for ``graph`` and the ids of the layers its fused
-    convolutions run block by block (the chunk size need not hold their outputs whole)."""
+    """Predict's plan for ``graph``: a list of :class:`Step` (``fuse=False``: one per node)."""
     nodes = graph.nodes
     consumers = graph.consumers()
     outputs = set(graph.outputs)
-    producer = {n.output: i for i, n in enumerate(nodes)}
 
     def sole_consumer(i):
         """The node that alone reads node i's output (and only through one input), or None."""
@@ -93,7 +91,7 @@ def plan_steps(graph, fuse=True):
         j = readers[0]
         return j if nodes[j].inputs == [t] and not getattr(nodes[j].layer, "multi_input", False) else None
 
-    steps, blocked, done = [], set(), set()
+    steps, done = [], set()
     for i, node in enumerate(nodes):
         if i in done:
             continue
@@ -122,14 +120,13 @@ def plan_steps(graph, fuse=True):
                 and layer.activation in (activations.relu, activations.linear)):
             chain.append(pool)
             covered = [nodes[j] for j in chain]
-            blocked.update(id(n.layer) for n in covered)
             steps.append(Step((layer, nodes[pool].layer), node.inputs, nodes[pool].output, covered))
         else:
             covered = [nodes[j] for j in chain]
             steps.append(Step((layer,), node.inputs, nodes[chain[-1]].output, covered, node.options))
         done.update(chain)
     # a fused chain runs at its first node's place: its later nodes read only the chain
-    return steps, blocked
+    return steps
 
 
 def last_uses(steps, keep):

@@ -71,9 +71,9 @@ class Model:
         self._replan()
 
     def _replan(self):
-        self._plan, self._blocked = executor.plan_steps(self.graph)
+        self._plan = executor.plan_steps(self.graph)
         self._frees = executor.last_uses(self._plan, set(self.graph.outputs))
-        self._unfused, _ = executor.plan_steps(self.graph, fuse=False)
+        self._unfused = executor.plan_steps(self.graph, fuse=False)
         self._unfused_frees = executor.last_uses(self._unfused, set(self.graph.outputs))
         self._chunks = {}
 
