@@ -43,18 +43,30 @@ def images():
     return np.random.default_rng(0).uniform(0, 255, (N_IMAGES, SIZE, SIZE, 3)).astype(np.float32)
 
 
+@pytest.fixture(scope="module")
+def keras_models(application_files):
+    """Each model loaded in Keras once, with its predict on ``images`` as the reference
+    (loading and tracing a 170-layer graph costs more than one timed predict)."""
+    return {name: keras().saving.load_model(path) for name, path in application_files.items()}
+
+
+@pytest.fixture(scope="module")
+def references(keras_models, images):
+    return {name: m.predict(images, batch_size=KERAS_BATCH, verbose=0) for name, m in keras_models.items()}
+
+
 @pytest.mark.bench
 @pytest.mark.applications
 @pytest.mark.parametrize("impl", ["keras", "scratch", "scratch_float32"])
 @pytest.mark.parametrize("name", MODELS)
-def test_application_forward_speed(benchmark, application_files, images, name, impl):
-    path = application_files[name]
-    keras_model = keras().saving.load_model(path)
-    ref = keras_model.predict(images, batch_size=KERAS_BATCH, verbose=0)
+def test_application_forward_speed(benchmark, application_files, keras_models, references, images,
+                                   name, impl):
+    ref = references[name]
     if impl == "keras":
-        fn = lambda: keras_model.predict(images, batch_size=KERAS_BATCH, verbose=0)  # noqa: E731
+        fn = lambda: keras_models[name].predict(images, batch_size=KERAS_BATCH, verbose=0)  # noqa: E731
     else:
-        sm = scratch_layers.load_model(path, dtype="float32" if impl == "scratch_float32" else "float64")
+        sm = scratch_layers.load_model(application_files[name],
+                                       dtype="float32" if impl == "scratch_float32" else "float64")
         fn = lambda: sm.predict(images)  # noqa: E731
     benchmark.group = f"{name}: forward pass over {N_IMAGES} images of {SIZE}x{SIZE}"
     benchmark.extra_info.update(model=name, impl=impl, n_items=N_IMAGES)

@@ -54,7 +54,7 @@ def _unsaturate(k, model, x):
     through 50+ layers give logits in the hundreds, a one-hot softmax and gradients of
     zero, which would make the comparison trivial."""
     head = next(layer for layer in reversed(model.layers) if layer.get_weights())  # Dense, or a 1x1 Conv2D
-    features = k.Model(model.inputs, head.input).predict(x, verbose=0)
+    features = np.asarray(k.Model(model.input, head.input)(x, training=False))
     kernel, *rest = head.get_weights()
     logits = features.reshape(len(x), -1) @ kernel.reshape(-1, kernel.shape[-1])
     head.set_weights([kernel * (2.0 / max(float(logits.std()), 1e-6))] + rest)
@@ -76,12 +76,14 @@ def check_application(name, size, tmp_path):
     model.save(path)
     sm = scratch_layers.load_model(path)
 
-    keras32 = np.asarray(model.predict(x, verbose=0), np.float64)
+    # eager calls, not predict: predict traces a tf.function per model, which for a
+    # 400-layer graph costs more than the whole comparison on 2 images
+    keras32 = np.asarray(model(x, training=False), np.float64)
     twin = twin_of(model)
     del model
     got = sm.predict(x)
     tloss, tgrads = keras_loss_and_grads(twin, x.astype(np.float64), y, float64=True)
-    twin_out = np.asarray(twin.predict(x.astype(np.float64), verbose=0))
+    twin_out = np.asarray(twin(x.astype(np.float64), training=False))
     d64, d32 = max_abs(got, twin_out), max_abs(got, keras32)
     assert twin_out.max() < 0.999, f"{name}: saturated softmax {twin_out.max()}, a trivial check"
     slack = TWIN_SLACK.get(name, 1.0)
