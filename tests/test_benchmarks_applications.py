@@ -45,8 +45,8 @@ def images():
 
 @pytest.fixture(scope="module")
 def keras_models(application_files):
-    """Each model loaded in Keras once, with its predict on ``images`` as the reference
-    (loading and tracing a 170-layer graph costs more than one timed predict)."""
+    """Each model loaded in Keras once (loading and tracing a 170-layer graph costs more
+    than one timed predict); ``references`` holds its predict on ``images``."""
     return {name: keras().saving.load_model(path) for name, path in application_files.items()}
 
 
