@@ -186,6 +186,27 @@ def tf_threads() -> int:
     return int(tf.config.threading.get_intra_op_parallelism_threads())
 
 
+def cpu_description() -> dict:
+    """The CPU a run trained on. Not part of the cache key, but recorded because oneDNN
+    picks its kernels by instruction set: the same key retrained on another CPU gives
+    other bits (README, *Distributed training*)."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name":
+                model = value.strip()
+            elif name.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux: the model from platform is all there is
+        pass
+    return {"model": model, "cores": os.cpu_count(),
+            "isa": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]}
+
+
 def train_to(out_dir: Path, family: Family, config: dict, profile: str, splits, label: str,
              seed: int, progress: bool = True) -> dict:
     """Train ``config`` with ``seed`` on ``splits``; save ``out_dir/model.keras``; return the metadata.
@@ -251,7 +272,7 @@ def _train_to(out_dir: Path, family: Family, config: dict, profile: str, splits,
             "best_epoch": best, "best_val_loss": val_loss[best - 1] if best else None,
             "history": hist, "train_seconds": round(seconds, 2), "params": int(model.count_params()),
             "keras_version": keras.__version__, "tf_intra_op_threads": tf_threads(),
-            "created": time.time()}
+            "cpu": cpu_description(), "created": time.time()}
 
 
 def get_trained(family: Family, config: dict, profile: str, seed: int, *, retrain: bool = False,

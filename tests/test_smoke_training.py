@@ -1,4 +1,6 @@
 """End to end on real data, smoke profile: train -> cache -> reload without retraining -> verify."""
+import os
+
 import pytest
 
 import scratch_layers
@@ -20,6 +22,8 @@ def test_smoke_train_cache_reload_and_verify(family, isolated_cache):
     assert meta["epochs"] == 1 and meta["seed"] == 1 and meta["train_seconds"] > 0
     assert set(meta["history"]) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
     assert meta["split_sizes"]["train"] <= 300
+    # the CPU is recorded (not keyed): retraining on another instruction set gives other bits
+    assert meta["cpu"]["model"] and meta["cpu"]["cores"] == os.cpu_count()
 
     second = get_trained(family, family.baseline, "smoke", 1)
     assert second.cache_hit, "the second run must come from the cache"
