@@ -11,6 +11,7 @@ adding seeds later reuses every run already trained.
 from __future__ import annotations
 
 import os
+import platform
 import random
 import sys
 import time
@@ -190,8 +191,6 @@ def cpu_description() -> dict:
     """The CPU a run trained on. Not part of the cache key, but recorded because oneDNN
     picks its kernels by instruction set: the same key retrained on another CPU gives
     other bits (README, *Distributed training*)."""
-    import platform
-
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
