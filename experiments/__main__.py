@@ -5,7 +5,7 @@ Trains (or finds in the cache) every distinct configuration of the selected fami
 once per seed of the profile's recipe, seed-major (every configuration gets its first
 seed before any gets its second).  It uses the same cache as pytest, so nothing trains
 twice, and an interrupted build resumes where it stopped.  With ``--scheduler`` every
-missing run is one task on a Dask cluster (:mod:`experiments.distributed`); the exit
+missing run is one task on a Dask cluster (:mod:`experiments.cluster`); the exit
 status is 1 when a run failed (each is named, with its traceback) and 130 on Ctrl-C.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 
 from .families import all_families
 from .profiles import PROFILES, resolve_profile
+from .runs import get_trained
 from .studies import canonical
-from .training import get_trained
 
 
 def main(argv=None) -> int:
@@ -66,25 +66,26 @@ def main(argv=None) -> int:
 
 
 def _train_distributed(args, families, profile: str, since: float | None, only) -> int:
-    from . import distributed
+    from .cluster.scheduler import DEFAULT_RETRIES, SchedulerError, cluster_client, parse_scheduler
+    from .cluster.submit import report_failures, train_on_cluster
 
     try:
-        distributed.parse_scheduler(args.scheduler)
-    except distributed.SchedulerError as exc:
+        parse_scheduler(args.scheduler)
+    except SchedulerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    retries = distributed.DEFAULT_RETRIES if args.retries is None else args.retries
+    retries = DEFAULT_RETRIES if args.retries is None else args.retries
     if args.retries is not None and not args.scheduler.startswith("local:"):
         print("[scratchnet] --retries applies to local:N only: a running scheduler uses its own "
               "distributed.scheduler.allowed-failures", file=sys.stderr)
     try:
-        with distributed.cluster_client(args.scheduler, retries=retries,
-                                        gpus_per_run=args.gpus_per_run) as client:
+        with cluster_client(args.scheduler, retries=retries,
+                            gpus_per_run=args.gpus_per_run) as client:
             print(f"[scratchnet] cluster {client.scheduler.address}: "
                   f"{len(client.scheduler_info()['workers'])} workers", file=sys.stderr, flush=True)
-            result = distributed.train_on_cluster(client, families, profile, retrain_since=since,
-                                                  gpus_per_run=args.gpus_per_run, only=only)
-    except distributed.SchedulerError as exc:
+            result = train_on_cluster(client, families, profile, retrain_since=since,
+                                      gpus_per_run=args.gpus_per_run, only=only)
+    except SchedulerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -94,7 +95,7 @@ def _train_distributed(args, families, profile: str, since: float | None, only) 
     print(f"[scratchnet] {len(result.landed)} trained, {len(result.cached)} cached, "
           f"{len(result.by_other)} landed by another process, {len(result.failed)} failed",
           flush=True)
-    distributed.report_failures(result)
+    report_failures(result)
     return 1 if result.failed else 0
 
 

@@ -1,4 +1,5 @@
-"""Core pytest plugin: options, profile, study-variant parametrization, trained-model fixtures.
+"""Core pytest plugin: options, profile, study-variant parametrization, trained-model fixtures,
+and with ``--scheduler`` the missing runs trained on a Dask cluster (:mod:`experiments.cluster`).
 
 Loaded from the root ``conftest.py`` together with one plugin module per family
 (``experiments/families/*.py``).  Tests ask for:
@@ -16,6 +17,7 @@ Loaded from the root ``conftest.py`` together with one plugin module per family
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -24,8 +26,8 @@ import pytest
 from .data import DATA_DIR_ENV
 from .families import all_families
 from .profiles import PROFILES, resolve_profile
-from .studies import Family, slug
-from .training import MissingModel, get_trained
+from .runs import MissingModel, get_trained
+from .studies import Family, canonical, slug
 
 RETRAIN_SINCE_ENV = "SCRATCHNET_RETRAIN_SINCE"
 
@@ -44,7 +46,7 @@ def pytest_addoption(parser):
     group.addoption("--scheduler", default=None, metavar="local:N|tcp://HOST:PORT",
                     help="train the missing runs of the selected tests on a Dask cluster before "
                          "the tests run: local:N worker processes on 127.0.0.1, or a scheduler "
-                         "address (see experiments/distributed.py)")
+                         "address (see experiments/cluster/)")
 
 
 def pytest_configure(config):
@@ -58,9 +60,39 @@ def pytest_configure(config):
 
 
 def pytest_collection_finish(session):
-    if session.config.getoption("--scheduler"):
-        from .distributed import pytest_train_missing
-        pytest_train_missing(session.config, session.items)
+    """``pytest --scheduler``: before any test runs, train on the cluster every missing run
+    that a selected test verifies (the ``run``-parametrized tests: ``make report`` selects
+    them all); those tests then find their models cached.  Anything else a test needs is
+    trained in-process, as without the option."""
+    config = session.config
+    spec = config.getoption("--scheduler")
+    if not spec or config.getoption("--no-train") or hasattr(config, "workerinput"):
+        return
+    wanted, families = set(), {}
+    for item in session.items:
+        run = getattr(getattr(item, "callspec", None), "params", {}).get("run")
+        if run is not None and "trained" in getattr(item, "fixturenames", ()):
+            wanted.add((run.family.name, canonical(run.config), run.seed))
+            families.setdefault(run.family.name, run.family)
+    if not wanted:
+        return
+    from .cluster.scheduler import cluster_client
+    from .cluster.submit import report_failures, train_on_cluster
+
+    since = os.environ.get(RETRAIN_SINCE_ENV)
+    capman = config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print(f"\n[scratchnet] {len(wanted)} runs selected ({', '.join(sorted(families))}): "
+              f"training the missing ones on {spec}", flush=True)
+        with cluster_client(spec) as client:
+            result = train_on_cluster(
+                client, families.values(), config.scratchnet_profile,
+                retrain_since=float(since) if since else None,
+                only=lambda fam, c, seed: (fam.name, canonical(c), seed) in wanted)
+        report_failures(result, sys.stdout)
+    if result.failed:
+        raise pytest.UsageError(f"{len(result.failed)} run(s) failed on the cluster: "
+                                f"{', '.join(result.failed)} (tracebacks above)")
 
 
 def pytest_report_header(config):
@@ -140,7 +172,7 @@ _VERIFIED: dict[str, tuple] = {}
 def verification(trained):
     """(Verification, keras_model, scratch_model, keras_probs, scratch_probs), once per model."""
     import scratch_layers
-    from .verify import verify_model
+    from .verification import verify_model
 
     key = trained.meta["key"]
     if key not in _VERIFIED:

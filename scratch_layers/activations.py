@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from .errors import UnsupportedLayerError
+from .errors import NoBackwardError, UnsupportedLayerError
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
@@ -286,7 +286,7 @@ def get(spec, where="layer"):
 # output y and the upstream gradient dy, and returns dL/dx, the derivative TensorFlow's
 # gradient registers for the op Keras uses (e.g. ReluGrad passes where x > 0).
 
-def _softmax_grad(x, y, dy, axis=-1):
+def softmax_grad(x, y, dy, axis=-1):
     """J^T dy of y = softmax(x): y * (dy - sum(dy * y))."""
     return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
 
@@ -357,7 +357,7 @@ GRADIENTS = {
     leaky_relu: lambda x, y, dy: leaky_relu_grad(x, dy),
     sigmoid: lambda x, y, dy: dy * y * (1.0 - y),
     tanh: lambda x, y, dy: dy * (1.0 - y * y),
-    softmax: _softmax_grad,
+    softmax: softmax_grad,
     log_softmax: _log_softmax_grad,
     elu: lambda x, y, dy: np.where(x > 0, dy, dy * (y + 1.0)),
     selu: lambda x, y, dy: np.where(x > 0, dy * _SELU_SCALE, dy * (y + _SELU_SCALE * _SELU_ALPHA)),
@@ -381,7 +381,6 @@ GRADIENTS = {
     sparse_plus: lambda x, y, dy: np.where(x <= -1, 0.0, np.where(x < 1, 0.5 * (x + 1) * dy, dy)),
     sparse_sigmoid: lambda x, y, dy: 0.5 * dy * ((x > -1) & (x < 1)),
 }
-
 # dy/dx written with the output y only, for the recurrent cells (which keep the gate
 # outputs, not the pre-activations): sigmoid' = y (1 - y), tanh' = 1 - y^2.
 OUTPUT_DERIVATIVES = {
@@ -413,7 +412,6 @@ def name_of(fn):
 
 
 def _no_gradient(fn, where, table):
-    from .errors import NoBackwardError
     return NoBackwardError(
         f"{where}: activation '{name_of(fn)}' has no backward pass in scratch_layers "
         f"(supported here: {', '.join(sorted(name_of(f) for f in table))}); predict() still works")

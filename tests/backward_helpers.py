@@ -26,7 +26,7 @@ def floatx64():
 
 def twin_of(keras_model):
     """The float64 twin (scratch_layers.verify.float64_twin) built under floatx float64."""
-    from scratch_layers.verify import float64_twin
+    from scratch_layers.verify.keras import float64_twin
     with floatx64():
         return float64_twin(keras_model)
 

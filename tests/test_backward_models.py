@@ -18,7 +18,7 @@ from backward_helpers import (F32_TOL, TWIN_ATOL, TWIN_RTOL, keras_loss_and_grad
 
 import scratch_layers  # noqa: E402
 from experiments.plugin import trained_or_skip  # noqa: E402
-from experiments.report import record  # noqa: E402
+from experiments.report.records import record  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
 

@@ -14,8 +14,9 @@ import pytest
 
 import scratch_layers
 from experiments.plugin import trained_or_skip
-from experiments.report import record
-from experiments.verify import ATOL, KERAS_BATCH, RTOL, keras_predict
+from experiments.report.records import record
+from experiments.verification import keras_predict
+from scratch_layers.verify.keras import ATOL, KERAS_BATCH, RTOL
 
 pytestmark = [pytest.mark.bench, pytest.mark.slow]
 

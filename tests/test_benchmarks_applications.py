@@ -14,7 +14,7 @@ import pytest
 
 import scratch_layers
 from keras_factories import keras, randomize_weights
-from scratch_layers.verify import ATOL, KERAS_BATCH, RTOL
+from scratch_layers.verify.keras import ATOL, KERAS_BATCH, RTOL
 from test_scratch_errors import _peak_extra
 
 N_IMAGES, SIZE = 64, 96

@@ -13,7 +13,7 @@ import pytest
 
 import scratch_layers
 from experiments.plugin import trained_or_skip
-from experiments.report import record
+from experiments.report.records import record
 
 pytestmark = [pytest.mark.bench, pytest.mark.slow]
 

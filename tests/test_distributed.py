@@ -19,11 +19,13 @@ import numpy as np
 import psutil
 import pytest
 
-from experiments import distributed
 from experiments.cache import ModelCache
+from experiments.cluster import worker
+from experiments.cluster.scheduler import SchedulerError, cluster_client, parse_scheduler
+from experiments.cluster.submit import train_on_cluster
 from experiments.families import all_families, family
-from experiments.training import (CACHE_ENV, cache_root, config_key, entry_name, get_trained,
-                                  profile_data)
+from experiments.runs import (CACHE_ENV, cache_root, config_key, entry_name, get_trained,
+                              profile_data)
 
 pytestmark = pytest.mark.cache
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +47,7 @@ def _alive_children() -> set[int]:
 @pytest.fixture(scope="module")
 def client():
     before = _alive_children()
-    with distributed.cluster_client("local:2") as c:
+    with cluster_client("local:2") as c:
         workers = c.scheduler_info()["workers"].values()
         assert c.scheduler.address.startswith("tcp://127.0.0.1:")
         assert len(workers) == 2 and all(w["nthreads"] == 1 for w in workers)
@@ -72,7 +74,7 @@ def cache(shared_cache, monkeypatch):
 def faults(tmp_path, monkeypatch):
     """The test-only fault hook: a dict the test fills in, sent with each task."""
     spec = {"dir": str(tmp_path / "faults")}
-    monkeypatch.setattr(distributed, "FAULTS", spec)
+    monkeypatch.setattr(worker, "FAULTS", spec)
     return spec
 
 
@@ -102,12 +104,12 @@ def _no_partial_entries(root: Path):
 
 def test_every_family_trains_on_the_cluster_with_in_process_keys(client, cache):
     import scratch_layers
-    from experiments.verify import compare, keras_predict
+    from experiments.verification import compare, keras_predict
 
     fams = all_families()
     out = io.StringIO()
-    result = distributed.train_on_cluster(client, fams, "smoke", progress=False, out=out,
-                                          only=_only(*[(f.name, f.baseline) for f in fams]))
+    result = train_on_cluster(client, fams, "smoke", progress=False, out=out,
+                              only=_only(*[(f.name, f.baseline) for f in fams]))
     assert result.ok and not result.cached
     assert sorted(result.landed) == sorted(_name(f, f.baseline) for f in fams)
     for fam in fams:
@@ -128,8 +130,8 @@ def test_a_second_call_finds_everything_cached_and_submits_nothing(client, cache
     submitted = []
     monkeypatch.setattr(client, "submit", lambda *a, **k: submitted.append(a))
     fams = all_families()
-    result = distributed.train_on_cluster(client, fams, "smoke", progress=False, out=io.StringIO(),
-                                          only=_only(*[(f.name, f.baseline) for f in fams]))
+    result = train_on_cluster(client, fams, "smoke", progress=False, out=io.StringIO(),
+                              only=_only(*[(f.name, f.baseline) for f in fams]))
     assert submitted == [] and result.submitted == [] and result.landed == []
     assert len(result.cached) == 3
 
@@ -161,7 +163,7 @@ def test_a_run_another_process_is_training_is_waited_for_not_submitted(client, c
     other = threading.Thread(target=other_trainer)
     other.start()
     assert holding.wait(60)
-    waiter = threading.Thread(target=lambda: results.append(distributed.train_on_cluster(
+    waiter = threading.Thread(target=lambda: results.append(train_on_cluster(
         client, [fam], "smoke", progress=False, out=io.StringIO(), only=_only(("lstm", config)))))
     waiter.start()
     waiter.join(3)
@@ -176,10 +178,10 @@ def test_a_run_another_process_is_training_is_waited_for_not_submitted(client, c
 def test_worker_trained_run_equals_in_process_run_bit_for_bit(client, cache, tmp_path):
     """At equal thread count (1) TensorFlow gives the same weights on a worker as in a
     fresh process: the same ops in the same order on one thread, the same seeds (Keras'
-    unseeded initializers draw from a private generator; see training.private_python_random)."""
+    unseeded initializers draw from a private generator; see runs.private_python_random)."""
     fam = family("rnn")
     worker_entry = ModelCache(cache_root("smoke")).entry_path(_name(fam, fam.baseline))
-    code = ("from experiments.training import set_tf_threads, get_trained\n"
+    code = ("from experiments.runs import set_tf_threads, get_trained\n"
             "from experiments.families import family\n"
             "set_tf_threads(1); f = family('rnn')\n"
             "print(get_trained(f, f.baseline, 'smoke', 1).entry.path)\n")
@@ -202,8 +204,8 @@ def test_a_killed_worker_is_retried_and_a_failing_run_reported(client, cache, fa
     small = {**fam.baseline, "units": 32}
     killed, failing = _name(fam, uni), _name(fam, small)
     faults.update(kill_once=[killed], fail=[failing])
-    result = distributed.train_on_cluster(client, [fam], "smoke", progress=False, out=io.StringIO(),
-                                          only=_only(("rnn", uni), ("rnn", small)))
+    result = train_on_cluster(client, [fam], "smoke", progress=False, out=io.StringIO(),
+                              only=_only(("rnn", uni), ("rnn", small)))
     attempts = (Path(faults["dir"]) / f"{killed}.attempts").read_text().split()
     assert (Path(faults["dir"]) / f"{killed}.killed").exists()
     assert len(attempts) == 2 and attempts[0] != attempts[1], "the run must restart in a new process"
@@ -264,9 +266,9 @@ def test_ctrl_c_keeps_landed_entries_and_cancels_the_rest(client, cache, faults)
 
     out = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
-        distributed.train_on_cluster(client, [fam], "smoke", progress=False, out=out,
-                                     only=_only(("rnn", lands), ("rnn", stalls)),
-                                     on_landed=interrupt)
+        train_on_cluster(client, [fam], "smoke", progress=False, out=out,
+                         only=_only(("rnn", lands), ("rnn", stalls)),
+                         on_landed=interrupt)
     root = cache_root("smoke")
     assert get_trained(fam, lands, "smoke", 1, allow_train=False).entry.path.name == landing
     assert not (root / stalled).exists()
@@ -276,8 +278,8 @@ def test_ctrl_c_keeps_landed_entries_and_cancels_the_rest(client, cache, faults)
 
 
 def test_scheduler_spec_is_checked():
-    assert distributed.parse_scheduler("local:3") == ("local", 3)
-    assert distributed.parse_scheduler("tcp://10.0.0.5:8786") == ("address", "tcp://10.0.0.5:8786")
+    assert parse_scheduler("local:3") == ("local", 3)
+    assert parse_scheduler("tcp://10.0.0.5:8786") == ("address", "tcp://10.0.0.5:8786")
     for bad in ("local:0", "local:x", "nowhere"):
-        with pytest.raises(distributed.SchedulerError):
-            distributed.parse_scheduler(bad)
+        with pytest.raises(SchedulerError):
+            parse_scheduler(bad)

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from experiments import references
-from experiments import report_html as html
-from experiments import report_page
 from experiments.data import Splits
+from experiments.report.markup import table
+from experiments.report.names import config_text
+from experiments.report.page import add_viewport, standalone
+from experiments.report.sections.studies import study_section
 from experiments.results import selection_margin
 from experiments.stats import summarize
 
@@ -64,7 +66,7 @@ def test_the_star_marks_the_validation_choice_not_the_best_test_score():
     chosen = variant("v-a", "32 units", [.70, .71], [.80, .81])
     best_test = variant("v-b", "64 units", [.80, .81], [.70, .71])
     study = {"family": "rnn", "study": "units", "title": "Units", "comparisons": [], "conclusion": "c"}
-    page = html.study_section(study, [chosen, best_test], "RNN")
+    page = study_section(study, [chosen, best_test], "RNN")
     assert "★ 32 units" in page and "★ 64 units" not in page
     row = page[page.index('<tr class="selected">'):]
     assert row.index("32 units") < row.index("</tr>")
@@ -75,14 +77,14 @@ def test_comparison_table_labels_the_interval_per_comparison_and_shows_holm():
     a, b = variant("v-a", "A", [.70, .71, .72], [.8, .8, .8]), variant("v-b", "B", [.60, .61, .62], [.7, .7, .7])
     from experiments.stats import pairwise
     comps = [c.as_dict() for c in pairwise(["v-a", "v-b"], {"v-a": [.70, .71, .72], "v-b": [.60, .61, .62]})]
-    page = html.study_section({"family": "rnn", "study": "units", "title": "Units", "comparisons": comps,
-                               "conclusion": "c"}, [a, b], "RNN")
+    page = study_section({"family": "rnn", "study": "units", "title": "Units", "comparisons": comps,
+                          "conclusion": "c"}, [a, b], "RNN")
     assert "95% interval, this comparison alone" in page and "Holm-adjusted" in page and "Welch df" in page
     assert f"{comps[0]['df']:.1f}" in page
 
 
 def test_text_columns_are_left_aligned_and_numbers_right_aligned():
-    t = html.table(["name", "score"], [["Makanannya enak sekali 12", "0.712 ± 0.010"], ["b", "1.50×"]])
+    t = table(["name", "score"], [["Makanannya enak sekali 12", "0.712 ± 0.010"], ["b", "1.50×"]])
     assert '<td>Makanannya' in t and '<td class=num>0.712 ± 0.010</td>' in t and '<th class=num>score' in t
     assert t.startswith('<div class="scroll">')
 
@@ -91,7 +93,7 @@ def test_recurrent_layer_counts_read_as_words():
     from experiments.families._text import TEXT_STUDIES
     layers = next(s for s in TEXT_STUDIES if s.param == "layers")
     assert [layers.describe(v) for v in (1, 2, 3)] == ["1 layer", "2 layers", "3 layers"]
-    assert html.config_text("rnn", {"layers": 1, "units": 64, "bidirectional": True}) == \
+    assert config_text("rnn", {"layers": 1, "units": 64, "bidirectional": True}) == \
         "1 layer, 64 units, bidirectional"
 
 
@@ -197,15 +199,15 @@ def test_curves_mark_restored_epochs_and_stop_the_mean_at_the_first_stop():
 
 def test_the_page_has_a_viewport_tag_once():
     page = "<html><head><meta charset='utf-8'/></head><body></body></html>"
-    once = report_page.add_viewport(page)
-    assert once.count('name="viewport"') == 1 and report_page.add_viewport(once) == once
-    assert report_page.standalone({"variants": [], "studies": [], "selected": {}, "coverage": {},
-                                   "environment": {"versions": {}, "platform": "p", "cpus": 1, "profile": "full",
-                                                   "git_commit": "c", "date": "d"}}, {}).count('name="viewport"') == 1
+    once = add_viewport(page)
+    assert once.count('name="viewport"') == 1 and add_viewport(once) == once
+    assert standalone({"variants": [], "studies": [], "selected": {}, "coverage": {},
+                       "environment": {"versions": {}, "platform": "p", "cpus": 1, "profile": "full",
+                                       "git_commit": "c", "date": "d"}}, {}).count('name="viewport"') == 1
 
 
 def test_pytest_html_rows_keep_reasons_not_tuples_or_retracing_noise():
-    from experiments.report import clean_log
+    from experiments.report.tests_table import clean_log
     skipped = SimpleNamespace(skipped=True, passed=False, longrepr=("/x/tests/t.py", 92, "Skipped: not trained yet"))
     data = ["('/x/tests/t.py', 92, 'Skipped: not trained yet')"]
     clean_log(skipped, data)

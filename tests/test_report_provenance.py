@@ -13,12 +13,12 @@ import pytest
 def test_provenance_names_the_uncommitted_files(monkeypatch, status, expected):
     """The report's git commit says which tracked files differed from it, not just that
     something did (a README edit is not a code change)."""
-    from experiments import report
+    from experiments.report import document
 
     def fake_run(cmd, **kw):
         return SimpleNamespace(stdout="abc123\n" if "rev-parse" in cmd else status)
-    monkeypatch.setattr(report.subprocess, "run", fake_run)
-    assert report._git_commit() == expected
+    monkeypatch.setattr(document.subprocess, "run", fake_run)
+    assert document._git_commit() == expected
 
 
 @pytest.mark.parametrize("blas,expected", [
@@ -30,17 +30,18 @@ def test_provenance_names_the_uncommitted_files(monkeypatch, status, expected):
 def test_speed_ratios_name_the_blas_kernels(blas, expected):
     """The speed ratios depend on which OpenBLAS kernels NumPy ran: the summary, the
     benchmark section and the provenance table say which, and whether they were forced."""
-    from experiments import report_html as html
+    from experiments.report.sections.benchmarks import benchmark_section, speed_summary
+    from experiments.report.sections.provenance import provenance_section
     bench = [{"family": "cnn", "impl": impl, "model": "m", "n_items": 10, "mean": t, "median": t, "min": t,
               "rounds": 3}
              for impl, t in (("keras", 2.0), ("scratch", 3.0), ("scratch_float32", 1.0))]
-    summary = html.speed_summary(bench, (), blas)
+    summary = speed_summary(bench, (), blas)
     assert f"<b>{blas['openblas_core']}</b> kernels" in summary and expected in summary
     assert "1.50×" in summary and "0.50×" in summary
-    assert expected in html.benchmark_section(bench, blas)
+    assert expected in benchmark_section(bench, blas)
     env = {"versions": {}, "platform": "p", "cpus": 2, "profile": "full", "git_commit": "c",
            "date": "d", "blas": blas}
-    prov = html.provenance_section(env, {"variants": []})
+    prov = provenance_section(env, {"variants": []})
     assert f"OpenBLAS {blas['openblas_core']}" in prov
     assert ("forced by OPENBLAS_CORETYPE" in prov) == bool(blas["OPENBLAS_CORETYPE"])
 
@@ -48,11 +49,11 @@ def test_speed_ratios_name_the_blas_kernels(blas, expected):
 def test_speed_ratios_are_ratios_of_medians():
     """One slow round (common on a shared machine) must not move the ratio: the report
     divides medians of rounds, not means."""
-    from experiments import report_html as html
+    from experiments.report.sections.benchmarks import ratio, speed_summary
     keras = {"family": "cnn", "impl": "keras", "model": "m", "n_items": 10, "mean": 3.0, "median": 2.0,
              "min": 1.9, "rounds": 5}
     scratch = dict(keras, impl="scratch", mean=3.0, median=3.0, min=2.9)
     fast = dict(keras, impl="scratch_float32", mean=3.0, median=1.0, min=0.9)
-    summary = html.speed_summary([keras, scratch, fast])
+    summary = speed_summary([keras, scratch, fast])
     assert "<b>1.50×</b>" in summary and "<b>0.50×</b>" in summary
-    assert html.ratio(scratch, None) == "n/a"
+    assert ratio(scratch, None) == "n/a"

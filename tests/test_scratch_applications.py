@@ -24,7 +24,7 @@ import pytest
 import scratch_layers
 from backward_helpers import TWIN_ATOL, TWIN_RTOL, keras_loss_and_grads, max_abs, twin_of
 from keras_factories import keras, randomize_weights
-from scratch_layers.verify import ATOL, RTOL, twin_tolerance
+from scratch_layers.verify.keras import ATOL, RTOL, twin_tolerance
 
 # (constructor, input size): the smallest size each accepts with weights=None, or 32
 CI_MODELS = [("MobileNetV2", 32), ("MobileNetV3Small", 32), ("ResNet50", 32), ("DenseNet121", 32),

@@ -16,13 +16,13 @@ import pytest
 from backward_helpers import compare_gradients
 from keras_factories import check_model, keras, randomize_weights
 
-from scratch_layers import safety
-from scratch_layers.attention import (AdditiveAttention, Attention, EinsumDense,
-                                      MultiHeadAttention)
-from scratch_layers.base import TensorRef
+from scratch_layers.saving import safety
+from scratch_layers.layers.attention import AdditiveAttention, Attention, MultiHeadAttention
+from scratch_layers.layers.einsum_dense import EinsumDense
+from scratch_layers.layers.layer import TensorRef
 from scratch_layers.errors import NoBackwardError, UnsupportedLayerError
-from scratch_layers.loading import _collect_vars
-from scratch_layers.training import TrainContext
+from scratch_layers.saving.loading import _collect_vars
+from scratch_layers.training.backward import TrainContext
 
 TWIN_REL = 1e-9
 F32_ATOL, F32_RTOL = 1e-5, 1e-5

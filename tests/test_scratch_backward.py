@@ -213,19 +213,19 @@ def test_conv_block_split_over_worker_threads(tmp_path, record_property, monkeyp
     """A batch large enough that Conv2D, BatchNormalization (batch statistics), ReLU and
     pooling run their passes in row blocks on two worker threads: the gradients equal the
     float64 twin, and equal the one-thread computation to rounding."""
-    from scratch_layers import _blas
+    from scratch_layers import blas
     k = keras()
     m = k.Sequential([k.Input((18, 17, 3)), k.layers.Conv2D(24, 3, padding="same", use_bias=False),
                       k.layers.BatchNormalization(), k.layers.ReLU(), k.layers.MaxPooling2D(2),
                       k.layers.Conv2D(16, 3, padding="same"), k.layers.BatchNormalization(),
                       k.layers.ReLU(), k.layers.AveragePooling2D(3)] + head(k))
     x = np.random.default_rng(3).normal(0.3, 1.0, (20, 18, 17, 3)).astype(np.float32)
-    assert 20 * 18 * 17 * 24 >= _blas.PARALLEL_MIN_ITEMS  # the first block really splits
-    monkeypatch.setattr(_blas, "default_workers", lambda: 2)
+    assert 20 * 18 * 17 * 24 >= blas.PARALLEL_MIN_ITEMS  # the first block really splits
+    monkeypatch.setattr(blas, "default_workers", lambda: 2)
     sm = run_case(m, x, tmp_path, record_property, training=True, y=labels(len(x)))
     y = labels(len(x))
     loss2, grads2 = sm.loss_and_gradients(x, y, training=True)
-    monkeypatch.setattr(_blas, "default_workers", lambda: 1)
+    monkeypatch.setattr(blas, "default_workers", lambda: 1)
     loss1, grads1 = sm.loss_and_gradients(x, y, training=True)
     assert loss1 == pytest.approx(loss2, rel=1e-14)
     for g1, g2 in zip(grads1, grads2):
@@ -341,7 +341,7 @@ def test_random_augmentation_in_training_mode(tmp_path):
 def test_layer_without_backward_is_named(tmp_path):
     """Every registered layer has a backward now (TextVectorization needs none: it reads
     strings); a layer class without one is named by the error."""
-    from scratch_layers.base import Layer
+    from scratch_layers.layers.layer import Layer
     k = keras()
     m = k.Sequential([k.Input((6, 6, 2)), k.layers.DepthwiseConv2D(3, name="dw")] + head(k))
     sm, _ = save_load(m, tmp_path)

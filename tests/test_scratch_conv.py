@@ -270,7 +270,7 @@ REF_CASES = [
 @pytest.mark.parametrize("shape,ksize,strides,padding,dil", REF_CASES,
                          ids=[f"{c[1]}-{c[2]}-{c[3]}-d{c[4]}" for c in REF_CASES])
 def test_conv2d_matches_loop_reference(shape, ksize, strides, padding, dil):
-    from scratch_layers.conv import conv2d
+    from scratch_layers.layers.conv import conv2d
     rng = np.random.default_rng(10)
     x = rng.normal(size=(2,) + shape)
     kern = rng.normal(size=ksize + (shape[2], 3))
@@ -283,7 +283,7 @@ def test_conv2d_matches_loop_reference(shape, ksize, strides, padding, dil):
                                                   ((3, 2), (1, 2), "same"), ((2, 3), (2, 1), "valid")],
                          ids=["2-s2-same", "3-s2-same", "3x2-s1x2-same", "2x3-s2x1-valid"])
 def test_pool2d_matches_loop_reference(mode, pool, strides, padding):
-    from scratch_layers.conv import pool2d
+    from scratch_layers.layers.pooling import pool2d
     x = np.random.default_rng(11).normal(size=(2, 7, 5, 3))
     np.testing.assert_allclose(pool2d(x, pool, strides, padding, mode),
                                pool2d_ref(x, pool, strides, padding, mode), atol=1e-12)
@@ -301,7 +301,7 @@ def test_pool2d_backward_matches_loop_reference(mode, pool, strides, padding):
     """Both paths of pool2d_backward (windows that tile the input, cropped or not, and the
     general accumulation) equal the loop reference exactly, ties included: the integer
     input has many equal cells, and max pooling must pick each window's first maximum."""
-    from scratch_layers.conv import pool2d, pool2d_backward
+    from scratch_layers.layers.pooling import pool2d, pool2d_backward
     rng = np.random.default_rng(12)
     x = rng.integers(0, 3, size=(3, 7, 8, 2)).astype(np.float64)
     y = pool2d(x, pool, strides, padding, mode)
@@ -369,8 +369,8 @@ def test_blockwise_conv_in_predict_equals_the_whole_chunk(tmp_path, monkeypatch)
     step, blocks bounded by CONV_BLOCK_BYTES); blocks of 1, 3 (ragged last block) and
     all 10 images give the same output, and the chunk is sized by the activations held
     whole (here the input), not by conv1's output and im2col."""
-    import scratch_layers.executor as executor_mod
-    import scratch_layers.model as model_mod
+    import scratch_layers.engine.fusions as fusions_mod
+    import scratch_layers.engine.model as model_mod
     from keras_factories import randomize_weights, save_load
     k = keras()
     m = randomize_weights(cifar_cnn(k, "max", False, "flatten", filters=(4, 8)))
@@ -379,7 +379,7 @@ def test_blockwise_conv_in_predict_equals_the_whole_chunk(tmp_path, monkeypatch)
     per_image = 32 * 32 * 3 * 3 * 3 * 8  # conv1's im2col bytes for one float64 image
     outs = []
     for images in (1, 3, 10):
-        monkeypatch.setattr(executor_mod, "CONV_BLOCK_BYTES", images * per_image)
+        monkeypatch.setattr(fusions_mod, "CONV_BLOCK_BYTES", images * per_image)
         outs.append(sm.predict(x))
     np.testing.assert_allclose(outs[0], outs[2], rtol=0, atol=1e-14)
     np.testing.assert_allclose(outs[1], outs[2], rtol=0, atol=1e-14)

@@ -1,4 +1,5 @@
-"""scratch_layers vs Keras for the layers of ``scratch_layers/conv_extra.py`` and
+"""scratch_layers vs Keras for the transposed, depthwise and separable convolutions and the
+cropping, padding and upsampling layers, and
 DepthwiseConv2D: Conv2DTranspose/Conv1DTranspose, DepthwiseConv1D/2D (depth_multiplier),
 SeparableConv1D/2D, Cropping1D/2D, ZeroPadding1D, UpSampling1D/2D (nearest, bilinear).
 
@@ -24,9 +25,10 @@ from backward_helpers import (F32_TOL, compare_gradients, finite_difference_chec
 from keras_factories import check_model, keras  # noqa: E402
 
 import scratch_layers  # noqa: E402
-from scratch_layers.conv import conv2d  # noqa: E402
-from scratch_layers.conv_extra import (Conv2DTranspose, SeparableConv2D, UpSampling2D,  # noqa: E402
-                                       conv_transpose2d, conv_transpose_length)
+from scratch_layers.layers.conv import conv2d  # noqa: E402
+from scratch_layers.layers.conv_transpose import Conv2DTranspose, conv_transpose2d, conv_transpose_length
+from scratch_layers.layers.depthwise_conv import SeparableConv2D
+from scratch_layers.layers.reshaping import UpSampling2D
 from scratch_layers.errors import UnsupportedLayerError  # noqa: E402
 
 pytestmark = pytest.mark.scratch
@@ -273,7 +275,7 @@ DIRECT_CASES = {
 
 
 def _direct_layer(case, rng):
-    from scratch_layers.registry import REGISTRY
+    from scratch_layers.layers.registry import REGISTRY
     cls, cfg, in_shape = DIRECT_CASES[case]
     cfg = dict(cfg, name=case)
     c = in_shape[-1]

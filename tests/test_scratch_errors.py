@@ -273,7 +273,7 @@ def _peak_extra(fn):
 def test_predict_memory_is_bounded_on_a_large_input(tmp_path, monkeypatch, dtype, allow):
     """61 MB of input: neither the NaN check nor an integer-to-float cast may make a
     full-size temporary (was +15 MB of booleans, or +490 MB of float64 for uint8)."""
-    import scratch_layers.model as model_mod
+    import scratch_layers.engine.model as model_mod
     monkeypatch.setattr(model_mod, "CHUNK_BUDGET_BYTES", 2 ** 20)
     k = keras()
     sm, _ = save_load(k.Sequential([k.Input((8, 8, 3)), k.layers.Flatten(), k.layers.Dense(2)]), tmp_path)
@@ -308,7 +308,7 @@ def test_predict_memory_of_the_study_cnn_does_not_grow_with_the_batch(tmp_path, 
 
 def test_chunk_size_follows_each_calls_input_length(tmp_path, monkeypatch):
     """A short first call must not fix the chunk size for a later, 200x longer input."""
-    import scratch_layers.model as model_mod
+    import scratch_layers.engine.model as model_mod
     monkeypatch.setattr(model_mod, "CHUNK_BUDGET_BYTES", 2 ** 20)
     k = keras()
     m = k.Sequential([k.Input((None,), dtype="int32"), k.layers.Embedding(50, 8), k.layers.Dense(8),

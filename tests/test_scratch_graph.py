@@ -23,7 +23,7 @@ import scratch_layers
 from backward_helpers import compare_gradients
 from keras_factories import keras, randomize_weights, save_load
 from scratch_layers import ModelFileError, NoBackwardError, UnsupportedLayerError
-from scratch_layers.verify import ATOL, RTOL, float64_twin, keras_intermediate_outputs, twin_tolerance
+from scratch_layers.verify.keras import ATOL, RTOL, float64_twin, keras_intermediate_outputs, twin_tolerance
 
 pytestmark = pytest.mark.scratch
 
@@ -322,7 +322,7 @@ def test_save_round_trip_of_a_graph(tmp_path):
 
 
 def test_graph_summary_and_verify_rows(tmp_path):
-    from scratch_layers.verify import first_failing, layer_divergence
+    from scratch_layers.verify.keras import first_failing, layer_divergence
     k = keras()
     model = randomize_weights(residual_mlp(k))
     sm, _ = save_load(model, tmp_path)
@@ -401,7 +401,7 @@ def test_reference_to_unknown_layer_node_or_tensor(tmp_path, what, fragment):
 
 
 def test_huge_fan_in_is_refused_before_building(tmp_path):
-    from scratch_layers import graph
+    from scratch_layers.engine import graph
     def edit(cfg):
         args = _layer(cfg, "Add")["inbound_nodes"][0]["args"][0]
         args.extend([args[0]] * (graph.MAX_CALL_INPUTS + 1))

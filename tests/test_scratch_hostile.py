@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from keras_factories import keras  # noqa: E402
 
 import scratch_layers  # noqa: E402
-from scratch_layers import ModelFileError, ScratchError, UnsupportedLayerError, safety  # noqa: E402
+from scratch_layers import ModelFileError, ScratchError, UnsupportedLayerError  # noqa: E402
+from scratch_layers.saving import safety  # noqa: E402
 
 pytestmark = pytest.mark.scratch
 

@@ -1,4 +1,4 @@
-"""Merge layers (scratch_layers/merge.py) and operation nodes (scratch_layers/ops.py)
+"""Merge layers (scratch_layers/layers/merge.py) and operation nodes (scratch_layers/layers/operations.py)
 against Keras: forward vs the float64 Keras layer/op (1e-9 relative to the output scale)
 and the float32 one (atol 1e-5, rtol 1e-5); backward (one gradient per input) vs
 tf.GradientTape of sum(y * dy) in float64 (atol 1e-9, rtol 1e-7); masks as Keras
@@ -15,8 +15,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from keras_factories import keras  # noqa: E402
 
-from scratch_layers import merge  # noqa: E402
-from scratch_layers.base import TensorRef  # noqa: E402
+from scratch_layers.layers.layer import TensorRef  # noqa: E402
+from scratch_layers.layers.registry import REGISTRY  # noqa: E402
 
 pytestmark = pytest.mark.scratch
 
@@ -143,7 +143,7 @@ def test_merge_layer(case, record_property):
     y32, m32, _ = keras_run(layer32, xs, masks, dtype="float32")
 
     config = json.loads(json.dumps(layer64.get_config()))  # as in config.json
-    sl = merge.LAYERS[name](config, [], name)
+    sl = REGISTRY[name](config, [], name)
     inputs, options = sl.split_call([[TensorRef(f"in{i}") for i in range(len(xs))]], {})
     assert [t.layer for t in inputs] == [f"in{i}" for i in range(len(xs))] and options == {}
     got = sl.forward(xs, masks)
@@ -176,7 +176,7 @@ def test_merge_layer(case, record_property):
 
 # ----------------------------------------------------------------------------- operation nodes
 
-from scratch_layers import ops as sops  # noqa: E402
+from scratch_layers.layers import operations as sops  # noqa: E402
 
 
 def refs_from_config(obj):

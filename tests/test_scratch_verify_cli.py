@@ -40,7 +40,7 @@ def test_verify_passes_with_generated_inputs(build, tmp_path, capsys):
 
 def test_generated_ids_stay_in_the_embedding_range_and_are_padded(tmp_path):
     import scratch_layers
-    from scratch_layers.verify import generated_inputs
+    from scratch_layers.verify.keras import generated_inputs
     m = scratch_layers.load_model(_ids_lstm(tmp_path))
     ids = generated_inputs(m, 64)
     assert ids.shape == (64, 9) and ids.min() >= 0 and ids.max() < 30
@@ -49,7 +49,7 @@ def test_generated_ids_stay_in_the_embedding_range_and_are_padded(tmp_path):
 
 def test_verify_fails_with_exit_1_when_scratch_differs(tmp_path, capsys, monkeypatch):
     from scratch_layers.__main__ import main
-    from scratch_layers.core import Dense
+    from scratch_layers.layers.core import Dense
     original = Dense.forward
     monkeypatch.setattr(Dense, "forward", lambda self, x, mask=None: original(self, x, mask) + 1e-7)
     assert main(["verify", _cnn(tmp_path)]) == 1

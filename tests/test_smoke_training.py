@@ -4,8 +4,8 @@ import os
 import pytest
 
 import scratch_layers
-from experiments.training import CACHE_ENV, get_trained
-from experiments.verify import compare, keras_predict
+from experiments.runs import CACHE_ENV, get_trained
+from experiments.verification import compare, keras_predict
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_retrain_option_trains_again(isolated_cache):
 
 def test_no_train_reports_missing_model_clearly(isolated_cache):
     from experiments.families import family
-    from experiments.training import MissingModel
+    from experiments.runs import MissingModel
     fam = family("lstm")
     with pytest.raises(MissingModel, match="make report"):
         get_trained(fam, fam.baseline, "smoke", 1, allow_train=False)
@@ -62,7 +62,7 @@ def test_no_train_reads_without_waiting_for_a_training_lock(isolated_cache):
     from filelock import FileLock
 
     from experiments.families import family
-    from experiments.training import MissingModel, cache_root
+    from experiments.runs import MissingModel, cache_root
     fam = family("rnn")
     trained = get_trained(fam, fam.baseline, "smoke", 1)
     root = cache_root("smoke")

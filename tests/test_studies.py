@@ -81,7 +81,7 @@ def test_runs_are_seed_major_so_an_interrupted_build_covers_every_variant():
 def test_adding_a_seed_keeps_the_keys_of_runs_already_trained():
     from dataclasses import replace
 
-    from experiments.training import config_key
+    from experiments.runs import config_key
 
     class Splits:
         fingerprint = "data"
@@ -96,7 +96,7 @@ def test_adding_a_seed_keeps_the_keys_of_runs_already_trained():
 def test_a_superseded_recipe_names_its_own_runs():
     """While a new recipe is built, the cache test recognises the old recipe's entries by
     the keys that recipe gives them: the same runs, none shared with the new recipe."""
-    from experiments.training import planned_entries
+    from experiments.runs import planned_entries
 
     class Splits:
         fingerprint = "data"
@@ -112,7 +112,7 @@ def test_a_superseded_recipe_names_its_own_runs():
 def test_warmup_cosine_schedule_and_restored_epoch():
     import numpy as np
 
-    from experiments.training import best_epoch, learning_rate
+    from experiments.runs import best_epoch, learning_rate
     recipe = {"schedule": "warmup_cosine", "learning_rate": 2e-3, "warmup_epochs": 1, "epochs": 4,
               "batch_size": 10}
     lr = learning_rate(recipe, 100)   # 10 steps per epoch, 40 in all

@@ -2,7 +2,7 @@
 float32 Keras itself misses that tolerance against its own float64 maths, the twin."""
 import pytest
 
-from experiments.verify import Verification
+from experiments.verification import Verification
 
 pytestmark = pytest.mark.cache  # fast, no model needed
 

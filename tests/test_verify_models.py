@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import scratch_layers
-from experiments.report import record
-from experiments.verify import (ATOL, RTOL, TWIN_ATOL, failure_message, layer_divergence,
-                                misclassified_examples)
+from experiments.report.records import record
+from experiments.verification import failure_message, misclassified_examples
+from scratch_layers.verify.keras import ATOL, RTOL, TWIN_ATOL, layer_divergence
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,7 @@ def test_model_cache_holds_only_planned_runs_of_this_data(family, profile):
 
     An entry trained on other data (another data fingerprint) or under an older recipe
     is named here, with what to do, instead of silently counting as "not trained"."""
-    from experiments.training import cache_root, planned_entries, profile_data
+    from experiments.runs import cache_root, planned_entries, profile_data
 
     root = cache_root(profile)
     entries = sorted(p.name for p in root.glob(f"{family.name}-*") if p.is_dir()) if root.is_dir() else []

@@ -1,0 +1,450 @@
+"""The :class:`Model`: a Keras model's graph, with predict, intermediate outputs and the
+training API (:mod:`scratch_layers.training`)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..blas import blas_threads, default_workers
+from ..errors import InputError, ModelFileError, ScratchError
+from ..layers.core import Embedding
+from ..layers.layer import from_keras_order, keras_ordered
+from ..layers.recurrent import RNNBase
+from ..layers.text import TextVectorization
+from ..layers.wrappers import Bidirectional
+from ..saving.writing import save_model
+from ..training.backward import forward_backward, train_on_batch
+from . import executor
+from .inputs import first_nonfinite
+
+# Working-set budget per chunk, in bytes. Convolutional models use small chunks
+# whose im2col buffers stay in the CPU cache; recurrent models want large chunks
+# (the Python time loop's overhead is paid once per chunk). Memory stays bounded.
+CHUNK_BUDGET_BYTES = 8 * 2 ** 20
+RNN_CHUNK_BUDGET_BYTES = 64 * 2 ** 20
+MAX_CHUNK = 4096
+# keras_model.predict's default batch_size: the padding unit of a TextVectorization
+# without output_sequence_length (see Model._keras_batches).
+KERAS_PREDICT_BATCH = 32
+
+
+def _input_kind(input_layer, readers):
+    """"string", "int" or "float": what an input takes, from its dtype and its readers."""
+    dtype = str(getattr(input_layer, "dtype", "float32"))
+    if dtype == "string" or any(isinstance(l, TextVectorization) for l in readers):
+        return "string"
+    if dtype.startswith(("int", "uint")) or any(isinstance(l, Embedding) for l in readers):
+        return "int"
+    return "float"
+
+
+class Model:
+    """A Keras model as a graph (:class:`~scratch_layers.graph.Graph`) of layer calls.
+
+    ``predict`` runs the fused plan (:mod:`scratch_layers.executor`) in chunks of the
+    batch; ``intermediate_outputs`` runs every node unfused; training
+    (:meth:`loss_and_gradients`, :meth:`train_on_batch`) runs the unfused nodes with a
+    backward pass (:mod:`scratch_layers.training`). Inputs and outputs follow Keras: one
+    array, or a list (or dict keyed by name) for a model with several."""
+
+    def __init__(self, name, graph):
+        self.name = name
+        self.source = None  # {"format": "keras" | "h5", "path": ...} when loaded from a file
+        self.graph = graph
+        self.layers = graph.layers()
+        self.input_layers = list(graph.input_layers)
+        self.input_layer = self.input_layers[0] if self.input_layers else None
+        self.input_names = list(graph.input_names)
+        self.output_names = list(graph.output_names)
+        self._chunks = {}
+        self.n_workers = default_workers()
+        self._recurrent = any(isinstance(l, (RNNBase, Bidirectional)) for l in self.layers)
+        self.dtype = np.dtype(np.float64)
+        readers = {}
+        for node in graph.nodes:
+            for t in node.inputs:
+                readers.setdefault(t, []).append(node.layer)
+        self.input_kinds = [_input_kind(l, readers.get(t, [])) for l, t in zip(self.input_layers, graph.inputs)]
+        self.input_kind = self.input_kinds[0] if self.input_kinds else "float"
+        # TextVectorization without output_sequence_length pads each batch to its own
+        # longest text, as Keras pads each predict batch: chunks must be Keras' batches
+        self._keras_batches = any(isinstance(l, TextVectorization) and l.output_sequence_length is None
+                                  for l in self.layers)
+        self._replan()
+
+    def _replan(self):
+        self._plan = executor.plan_steps(self.graph)
+        self._frees = executor.last_uses(self._plan, set(self.graph.outputs))
+        self._unfused = executor.plan_steps(self.graph, fuse=False)
+        self._unfused_frees = executor.last_uses(self._unfused, set(self.graph.outputs))
+        self._chunks = {}
+
+    def __repr__(self):
+        return f"<scratch_layers.Model '{self.name}': {len(self.graph.nodes)} nodes, " + \
+            " -> ".join(l.class_name for l in self.layers[:12]) + (" ..." if len(self.layers) > 12 else "") + ">"
+
+    def summary(self):
+        """One line per node, in the order they run: node name, class, the nodes it reads."""
+        producer = {n.output: n.name for n in self.graph.nodes}
+        producer.update({t: l.name for t, l in zip(self.graph.inputs, self.input_layers)})
+        return "\n".join(f"{n.name:30s} {n.layer.class_name:24s} <- "
+                         + ", ".join(producer.get(t, "-") if t is not None else "-" for t in n.inputs)
+                         for n in self.graph.nodes)
+
+    def astype(self, dtype):
+        """Compute in ``dtype`` from now on ("float64": the exact reference, default;
+        "float32": Keras' own precision, about twice as fast on matmul-bound models).
+        Every floating-point weight is cast once; inputs are cast per chunk."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype}")
+        for layer in self.layers:
+            _cast_layer(layer, dtype)
+            if hasattr(layer, "float_dtype"):  # operations that make floats (Cast, Arange)
+                layer.float_dtype = dtype
+        self.dtype = dtype
+        self._replan()
+        return self
+
+    def check_layers_fit(self):
+        """Run one dummy sample through the graph (called at load time), so weights that
+        do not fit the output of the layer before them are reported as a broken file
+        (ModelFileError naming the layer), not later as bad user input. When an input has
+        unknown non-batch sizes (tried as 1) a failure proves nothing and is ignored."""
+        probe, exact = self._probe_sample()
+        if probe is None:
+            return
+
+        def check(step, xs, ms):
+            try:
+                with np.errstate(all="ignore"):  # e.g. 0/0 when the dummy ids are all padding
+                    return executor.run_step(step, xs, ms)
+            except ValueError as e:
+                if isinstance(e, ScratchError) and not isinstance(e, InputError):
+                    raise
+                if not exact:
+                    raise _Inexact() from None
+                layer = step[0]
+                shapes = ", ".join(str((None,) + np.shape(x)[1:]) for x in xs if x is not None)
+                what = "does not fit its inputs, of shapes" if len(xs) > 1 else \
+                    "its weights do not fit its input, of shape"
+                raise ModelFileError(
+                    f"{layer.class_name} layer '{layer.name}': {what} {shapes} in this model "
+                    f"({e}); the file's config and weights do not belong together") from None
+        try:
+            executor.run(self.graph, self._unfused, self._unfused_frees, probe, run_step=check)
+        except _Inexact:
+            return
+
+    def _probe_sample(self):
+        """``(one dummy sample per input or None, whether their shapes are exact)``."""
+        probe, exact = [], True
+        for layer, kind in zip(self.input_layers, self.input_kinds):
+            if kind == "string":
+                probe.append(np.array(["a"], dtype=object))
+                exact = exact and not self._keras_batches
+                continue
+            shape = layer.batch_shape
+            if shape is None:
+                return None, False
+            dims = tuple(1 if d is None else int(d) for d in shape[1:])
+            exact = exact and None not in shape[1:]
+            probe.append(np.zeros((1,) + dims, np.int64 if kind == "int" else self.dtype))
+        return probe, exact
+
+    # ------------------------------------------------------------------ input
+    def _split_inputs(self, x):
+        """The model's inputs as a list, from one array, a list/tuple or a dict by name."""
+        n = len(self.input_layers)
+        if isinstance(x, dict):
+            missing = [k for k in self.input_names if k not in x]
+            extra = [k for k in x if k not in self.input_names]
+            if missing or extra:
+                raise InputError(f"model '{self.name}' takes inputs {self.input_names}; the dict "
+                                 f"{'lacks ' + str(missing) if missing else ''}"
+                                 f"{' and ' if missing and extra else ''}"
+                                 f"{'has unknown ' + str(extra) if extra else ''}")
+            return [x[k] for k in self.input_names]
+        if n == 1:
+            if isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], np.ndarray):
+                return [x[0]]
+            return [x]
+        if not isinstance(x, (list, tuple)) or len(x) != n:
+            got = f"a {type(x).__name__} of {len(x)}" if isinstance(x, (list, tuple)) else \
+                f"one {type(x).__name__}"
+            raise InputError(f"model '{self.name}' has {n} inputs {self.input_names}: pass a list of "
+                             f"{n} arrays in that order or a dict keyed by those names, got {got}")
+        return list(x)
+
+    def _prepare(self, x, allow_nonfinite=False):
+        xs = [self._prepare_one(v, layer, kind, allow_nonfinite)
+              for v, layer, kind in zip(self._split_inputs(x), self.input_layers, self.input_kinds)]
+        lengths = {len(v) for v in xs}
+        if len(lengths) > 1:
+            raise InputError(f"model '{self.name}': its inputs have different batch sizes "
+                             f"{[len(v) for v in xs]}; every input needs one row per sample")
+        return xs
+
+    def _prepare_one(self, x, input_layer, kind, allow_nonfinite):
+        where = f"model '{self.name}'" + (f" input '{input_layer.name}'" if len(self.input_layers) > 1 else "")
+        if kind == "string":
+            return np.asarray(TextVectorization.as_strings(x), dtype=object)
+        try:
+            arr = np.asarray(x)
+        except ValueError as e:  # ragged nested lists
+            raise InputError(f"{where}: input could not be converted to an array ({e}); "
+                             "pass a rectangular numeric array") from None
+        shape = input_layer.batch_shape if input_layer else None
+        if shape is not None:
+            if arr.ndim != len(shape):
+                hint = ""
+                if arr.ndim == len(shape) - 1:
+                    hint = " (a single sample? add a batch axis: x[None])"
+                raise InputError(f"{where} expects input of rank {len(shape)} "
+                                 f"with shape (batch, {', '.join(str(s) for s in shape[1:])}), "
+                                 f"got shape {arr.shape}{hint}")
+            for i, (want, got) in enumerate(zip(shape[1:], arr.shape[1:]), start=1):
+                if want is not None and want != got:
+                    what = "channels" if (i == len(shape) - 1 and arr.ndim == 4) else f"axis {i}"
+                    raise InputError(f"{where} expects input shape (batch, "
+                                     f"{', '.join(str(s) for s in shape[1:])}); got {arr.shape} "
+                                     f"(wrong {what}: expected {want}, got {got})")
+        if kind == "int":
+            return arr  # id checks (dtype, range) are done by the Embedding layer
+        if arr.dtype.kind not in "fiub":
+            raise InputError(f"{where} expects a numeric float array, got dtype {arr.dtype}")
+        # the input keeps its dtype here; each chunk is cast to the compute dtype when it
+        # is processed (no full-size float64 copy of a large input)
+        if not allow_nonfinite and arr.dtype.kind == "f":
+            bad = first_nonfinite(arr)
+            if bad is not None:
+                raise InputError(f"{where}: input contains NaN/inf (first at index {bad}); clean the "
+                                 "data or call predict(..., allow_nonfinite=True) to propagate it")
+        return arr
+
+    def _as_compute(self, xs):
+        """Input chunks in the compute dtype (ids and strings pass unchanged)."""
+        return [np.asarray(x, dtype=self.dtype) if kind == "float" else x
+                for x, kind in zip(xs, self.input_kinds)]
+
+    def _chunk_size(self, xs):
+        """Pick a chunk so one chunk's live activations (incl. im2col) fit the budget.
+        Sized for this call's sample shapes (a variable-length input may be 10x longer
+        than in the previous call), cached per sample shape."""
+        xs = xs if isinstance(xs, list) else [xs]
+        key = tuple(x.shape[1:] for x in xs)
+        if key not in self._chunks:
+            try:
+                probe = self._as_compute([x[:1] for x in xs])
+                per = executor.elements_per_sample(self.graph, self._plan, self._frees, probe)
+            except InputError as e:
+                raise InputError(f"input of shape {', '.join(str(x.shape) for x in xs)} does not fit "
+                                 f"model '{self.name}': {e}") from None
+            budget = RNN_CHUNK_BUDGET_BYTES if self._recurrent else CHUNK_BUDGET_BYTES
+            self._chunks[key] = int(max(1, min(MAX_CHUNK, budget // (8 * per))))
+        chunk = self._chunks[key]
+        if self._recurrent and self.n_workers > 1:  # one big chunk per worker is best
+            chunk = min(chunk, -(-len(xs[0]) // self.n_workers))
+        return max(1, chunk)
+
+    # -------------------------------------------------------------- inference
+    def _run(self, xs, collect=False):
+        """The outputs (a list) of the graph on one chunk; with ``collect``, an ordered
+        dict node name -> output of every node, unfused."""
+        xs = self._as_compute(xs)
+        if not collect:
+            return executor.run(self.graph, self._plan, self._frees, xs)
+        outs = OrderedDict()
+        names = {}
+        for alias, t in self.graph.aliases.items():
+            names.setdefault(t, []).append(alias)
+
+        def record(step, y, live):
+            for node in step.nodes:
+                outs[node.name] = np.asarray(y)
+            for alias in names.get(step.output, ()):
+                outs[alias] = np.asarray(y)
+        executor.run(self.graph, self._unfused, self._unfused_frees, xs, on_output=record)
+        return outs
+
+    def _structure(self, outs):
+        """The outputs as Keras returns them: one array, a list, or a dict by name."""
+        if self.graph.output_structure == "dict":
+            return dict(zip(self.output_names, outs))
+        if self.graph.output_structure == "list":
+            return list(outs)
+        return outs[0]
+
+    def predict(self, x, batch_size=None, allow_nonfinite=False):
+        """Forward pass; same shape/meaning as ``keras_model.predict(x)``, in the model's
+        compute dtype (float64 unless loaded with ``dtype="float32"``). ``x``: an array,
+        or for a model with several inputs a list (input order) or a dict by input name;
+        several outputs come back as a list, or a dict when the model was built with one.
+
+        ``batch_size`` only sets the internal chunk size (results do not depend on it),
+        except after a TextVectorization without output_sequence_length: there, as in
+        Keras, each batch of ``batch_size`` (default 32) texts is padded to its longest.
+        Non-finite float input raises InputError unless ``allow_nonfinite=True``."""
+        xs = self._prepare(x, allow_nonfinite)
+        # Always one BLAS thread per worker: OpenBLAS's own threading is slower for our
+        # chunk-sized matmuls and pathologically slow (10x) when the CPUs are busy.
+        with blas_threads(1):
+            return self._structure(self._predict(xs, batch_size))
+
+    def _predict(self, xs, batch_size):
+        n = len(xs[0])
+        if batch_size is not None and int(batch_size) <= 0:
+            raise InputError(f"batch_size must be positive, got {batch_size}")
+        if n == 0:
+            return [np.asarray(o, dtype=self.dtype) for o in self._run(xs)]
+        if batch_size:
+            chunk = int(batch_size)
+        else:
+            chunk = KERAS_PREDICT_BATCH if self._keras_batches else self._chunk_size(xs)
+        if n <= chunk:
+            return [np.asarray(o, dtype=self.dtype) for o in self._run(xs)]
+        starts = list(range(0, n, chunk))
+        workers = min(self.n_workers, len(starts))
+        # Coarse-grained parallelism: each worker thread runs whole chunks with a
+        # single-threaded BLAS (NumPy releases the GIL in BLAS and ufunc loops).
+        # This scales better than BLAS's own per-matmul threading, especially on
+        # busy machines. Results do not depend on the number of workers.
+        def work(s):
+            return [np.asarray(o, dtype=self.dtype) for o in self._run([x[s:s + chunk] for x in xs])]
+
+        if workers > 1:
+            # every chunk, the first included, goes to the pool: with one chunk per
+            # worker, running the first one alone before the others would serialise all
+            with ThreadPoolExecutor(workers) as ex:
+                parts = list(ex.map(work, starts))
+        else:
+            parts = [work(s) for s in starts]
+        outs = []
+        for j in range(len(parts[0])):
+            pieces = [p[j] for p in parts]
+            _check_same_shapes(pieces)
+            out = np.empty((n,) + pieces[0].shape[1:], dtype=self.dtype)
+            for s, piece in zip(starts, pieces):
+                out[s:s + chunk] = piece
+            outs.append(out)
+        return outs
+
+    def predict_classes(self, x, batch_size=None):
+        """argmax over the last axis of ``predict(x)`` (of each output)."""
+        out = self.predict(x, batch_size)
+        if isinstance(out, dict):
+            return {k: np.argmax(v, axis=-1) for k, v in out.items()}
+        if isinstance(out, list):
+            return [np.argmax(v, axis=-1) for v in out]
+        return np.argmax(out, axis=-1)
+
+    def intermediate_outputs(self, x, allow_nonfinite=False, batch_size=None):
+        """OrderedDict node name -> output of that node (unfused, node by node, in the
+        order they run) for the whole batch, computed in chunks of ``batch_size`` (default
+        256). A layer called several times gives ``name``, ``name:1``, ...; the nodes of a
+        nested model are ``outer/inner_layer`` and its output is also named ``outer``."""
+        xs = self._prepare(x, allow_nonfinite)
+        chunk = int(batch_size or 256)
+        n = len(xs[0])
+        with blas_threads(1):
+            if n <= chunk:
+                return self._run(xs, collect=True)
+            parts = [self._run([v[s:s + chunk] for v in xs], collect=True) for s in range(0, n, chunk)]
+        out = OrderedDict()
+        for k in parts[0]:
+            pieces = [p[k] for p in parts]
+            if all(np.ndim(q) and len(q) == min(chunk, n - i * chunk) for i, q in enumerate(pieces)):
+                _check_same_shapes(pieces)
+                out[k] = np.concatenate(pieces)
+            else:  # no batch axis (e.g. keras.ops.arange): the same in every chunk
+                out[k] = pieces[0]
+        return out
+
+    # --------------------------------------------------------------- training
+    def get_weights(self):
+        """Copies of every weight, aligned with ``keras_model.get_weights()`` (Keras order,
+        non-trainable ones such as BatchNormalization's moving statistics included)."""
+        return [np.array(w, copy=True) for layer in self.layers for w in keras_ordered(layer, layer.weights)]
+
+    @property
+    def trainable_flags(self):
+        """Per weight of :meth:`get_weights`: whether it is in ``keras_model.trainable_weights``."""
+        return [f for layer in self.layers for f in keras_ordered(layer, layer.trainable_flags())]
+
+    def set_weights(self, weights):
+        """Replace every weight (the list :meth:`get_weights` returns); each layer is rebuilt
+        so its derived arrays (and predict's fused plan) follow."""
+        weights = list(weights)
+        expected = sum(len(layer.weights) for layer in self.layers)
+        if len(weights) != expected:
+            raise InputError(f"set_weights: model '{self.name}' has {expected} weight arrays "
+                             f"(as keras_model.get_weights()), got {len(weights)}")
+        i = 0
+        for layer in self.layers:
+            n = len(layer.weights)
+            if n:
+                ws = from_keras_order(layer, weights[i:i + n])
+                layer.set_weights([np.array(w, dtype=self.dtype) for w in ws])
+                _cast_layer(layer, self.dtype)
+            i += n
+        self._replan()
+
+    def loss_and_gradients(self, x, y, training=False, seed=None, augmentation="error"):
+        """``(loss, grads)``: Keras' ``SparseCategoricalCrossentropy()`` of the model's output
+        against integer labels ``y`` (mean over the batch) and its gradient for each weight
+        of ``keras_model.trainable_weights`` (same order and shapes), by a backward pass
+        through the unfused graph (gradients add up where a tensor fans out, and a shared
+        layer's gradient is the sum over its calls). ``training=True``: BatchNormalization
+        uses batch statistics and Dropout draws its own mask (from ``seed`` when given);
+        random augmentation layers raise unless ``augmentation="identity"``. Pure: no
+        weight or moving statistic changes."""
+        with self._training_threads():
+            loss, grads, _ = forward_backward(self, x, y, training, seed, augmentation)
+        return loss, grads
+
+    def train_on_batch(self, x, y, optimizer, seed=None, augmentation="error"):
+        """One training step in place (training-mode forward, backward, ``optimizer`` update
+        such as :class:`scratch_layers.Adam`, BatchNormalization moving statistics with
+        Keras' momentum). Returns the batch's loss before the update."""
+        with self._training_threads():
+            return train_on_batch(self, x, y, optimizer, seed, augmentation)
+
+    def _training_threads(self):
+        """One BLAS thread: OpenBLAS's own threading on one training batch is slower than
+        one thread (measured 3-6x slower on 2 busy cores), as for predict."""
+        return blas_threads(1)
+
+    def save(self, path):
+        """Write the model with its current weights to ``path``, in the format it was loaded
+        from (``.keras``: the original config, metadata and assets with a new
+        ``model.weights.h5`` in Keras' layout; legacy ``.h5``: the original file with the
+        weights replaced). ``keras.models.load_model`` reads the result."""
+        save_model(self, path)
+
+
+class _Inexact(Exception):
+    """A load-time probe failed on guessed sizes: it proves nothing about the file."""
+
+
+def _check_same_shapes(parts):
+    """Chunk outputs of different shapes (only a TextVectorization without
+    output_sequence_length, whose output keeps each batch's own length) cannot be
+    stacked; Keras' predict fails on them too."""
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise InputError(f"the batches give outputs of different shapes {sorted(shapes)}: the "
+                         "model keeps each batch's own text length (TextVectorization without "
+                         "output_sequence_length). Pass batch_size >= len(x), or save the model "
+                         "with a fixed output_sequence_length.")
+
+
+def _cast_layer(layer, dtype):
+    """Cast every floating-point array attribute of a layer and of the layers inside it."""
+    for obj in layer.walk():
+        for name, value in list(vars(obj).items()):
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                setattr(obj, name, value.astype(dtype))
+            elif isinstance(value, list) and value and all(isinstance(v, np.ndarray) for v in value):
+                setattr(obj, name, [v.astype(dtype) if v.dtype.kind == "f" else v for v in value])

@@ -1,0 +1,380 @@
+"""Convolution and pooling layers (channels_last), vectorised with NumPy.
+
+Convolution uses im2col: the padded input is gathered once into a contiguous
+``(N*Ho*Wo, kh*kw*C)`` buffer (one strided copy per kernel offset, so the copy
+loop runs kh*kw times, never over pixels or samples) and multiplied with the
+kernel reshaped to ``(kh*kw*C, F)`` in a single BLAS matmul.
+"""
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .. import activations
+from ..blas import block_sum, for_blocks, rows_matmul, rows_matmul_tn
+from ..errors import InputError
+from .layer import Layer, positive_sizes, same_padding, valid_out
+
+
+def _out_and_pads(size, k, stride, dilation, padding):
+    if padding == "same":
+        return same_padding(size, k, stride, dilation)
+    out = valid_out(size, k, stride, dilation)
+    return out, 0, 0
+
+
+def pad2d(x, pads, value=0.0):
+    """Pad axes 1 and 2 of an (N, H, W, C) array; returns x itself if no padding."""
+    (t, b), (l, r) = pads
+    if not (t or b or l or r):
+        return x
+    n, h, w, c = x.shape
+    out = np.full((n, h + t + b, w + l + r, c), value, dtype=x.dtype)
+    out[:, t:t + h, l:l + w] = x
+    return out
+
+
+def conv_geometry(x_shape, k_shape, strides, padding, dilation, explicit_pads=None):
+    """``(ho, wo, ((pt, pb), (pl, pr)))`` of a 2-D convolution (TF 'same'/'valid', or the
+    given explicit pads)."""
+    _, h, w, _ = x_shape
+    kh, kw = k_shape[:2]
+    sh, sw = strides
+    dh, dw = dilation
+    if explicit_pads is not None:
+        (pt, pb), (pl, pr) = explicit_pads
+        ho = valid_out(h + pt + pb, kh, sh, dh)
+        wo = valid_out(w + pl + pr, kw, sw, dw)
+    else:
+        ho, pt, pb = _out_and_pads(h, kh, sh, dh, padding)
+        wo, pl, pr = _out_and_pads(w, kw, sw, dw, padding)
+    if ho <= 0 or wo <= 0:
+        raise InputError(f"input spatial size {(h, w)} is too small for kernel {(kh, kw)} "
+                         f"with dilation {dilation} and padding '{padding}'")
+    return ho, wo, ((pt, pb), (pl, pr))
+
+
+def im2col(x, k_shape, strides, dilation, pads, ho, wo, out=None):
+    """(N, Ho, Wo, kh, kw, C) contiguous patches: ONE strided view of the padded input,
+    copied once (into ``out`` when given); with dilation 1 the (kw, C) axes are one
+    contiguous run of kw*C values, which numpy's copy loop coalesces."""
+    n, _, _, c = x.shape
+    kh, kw = k_shape[:2]
+    xp = pad2d(x, pads)
+    s0, s1, s2, s3 = xp.strides
+    view = as_strided(xp, (n, ho, wo, kh, kw, c),
+                      (s0, s1 * strides[0], s2 * strides[1], s1 * dilation[0], s2 * dilation[1], s3),
+                      writeable=False)
+    if out is None:
+        return np.ascontiguousarray(view)
+    np.copyto(out, view)
+    return out
+
+
+def col2im(dz, kernel, x_shape, strides, dilation, pads):
+    """dL/dx of a convolution, the adjoint of :func:`im2col` applied to dcols = dz K^T:
+    dx[n, i*sh + a*dh - pt, j*sw + b*dw - pl, :] += dz[n, i, j, :] @ K[a, b]^T.
+    Computed one kernel offset at a time (kh*kw matmuls, each added to one strided slab;
+    within one offset the slab's cells are distinct, so ``+=`` is exact), which never
+    holds the whole dcols buffer; then the pads are cut."""
+    n, h, w, c = x_shape
+    _, ho, wo, f = dz.shape
+    kh, kw = kernel.shape[:2]
+    (pt, pb), (pl, pr) = pads
+    sh, sw = strides
+    dh, dw = dilation
+    rows = max(h + pt + pb, (kh - 1) * dh + (ho - 1) * sh + 1)
+    cols = max(w + pl + pr, (kw - 1) * dw + (wo - 1) * sw + 1)
+    dxp = np.zeros((n, rows, cols, c), dz.dtype)
+    dz2 = dz.reshape(-1, f)
+    for a in range(kh):
+        for b in range(kw):
+            dxp[:, a * dh:a * dh + (ho - 1) * sh + 1:sh, b * dw:b * dw + (wo - 1) * sw + 1:sw] += \
+                np.matmul(dz2, kernel[a, b].T).reshape(n, ho, wo, c)
+    return dxp[:, pt:pt + h, pl:pl + w]
+
+
+def _is_pointwise(k_shape, strides, pads):
+    return k_shape[0] == 1 and k_shape[1] == 1 and strides == (1, 1) and not any(pads[0] + pads[1])
+
+
+def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit_pads=None):
+    """2-D cross-correlation as Keras/TF computes it.
+
+    x: (N, H, W, C); kernel: (kh, kw, C, F) -> (N, Ho, Wo, F) with
+    y[n,i,j,f] = sum_{a,b,c} xpad[n, i*sh + a*dh, j*sw + b*dw, c] * kernel[a,b,c,f].
+    'same' padding follows TF (extra row/column at the bottom/right)."""
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    ho, wo, pads = conv_geometry(x.shape, kernel.shape, strides, padding, dilation, explicit_pads)
+    if _is_pointwise(kernel.shape, tuple(strides), pads):
+        return np.matmul(x.reshape(-1, c), kernel.reshape(c, f)).reshape(n, ho, wo, f)
+    cols = im2col(x, kernel.shape, strides, dilation, pads, ho, wo)
+    y = np.matmul(cols.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, f))
+    return y.reshape(n, ho, wo, f)
+
+
+def depthwise_geometry(x_shape, k_shape, strides, padding, dilation):
+    """``(ho, wo, pads)`` of a depthwise convolution (the same as :func:`conv_geometry`)."""
+    return conv_geometry(x_shape, k_shape, strides, padding, dilation)
+
+
+def _offset_slab(a, b, strides, dilation, ho, wo):
+    """Index of the strided (ho, wo) slab of the padded input that kernel offset (a, b)
+    reads: rows a*dh + i*sh, columns b*dw + j*sw."""
+    (sh, sw), (dh, dw) = strides, dilation
+    return (slice(None), slice(a * dh, a * dh + (ho - 1) * sh + 1, sh),
+            slice(b * dw, b * dw + (wo - 1) * sw + 1, sw))
+
+
+def depthwise_conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1)):
+    """Depthwise 2-D convolution as TF computes it: x (N, H, W, C), kernel (kh, kw, C, M)
+    -> (N, Ho, Wo, C*M), output channel c*M + m:
+    y[n, i, j, c, m] = sum_{a,b} xpad[n, i*sh + a*dh, j*sw + b*dw, c] * kernel[a, b, c, m].
+    One broadcast multiply-add per kernel offset. Returns (y, xpad)."""
+    n = x.shape[0]
+    kh, kw, c, m = kernel.shape
+    ho, wo, pads = depthwise_geometry(x.shape, kernel.shape, strides, padding, dilation)
+    xp = pad2d(x, pads)
+    y = np.zeros((n, ho, wo, c, m), np.result_type(x, kernel))
+    for a in range(kh):
+        for b in range(kw):
+            patch = xp[_offset_slab(a, b, strides, dilation, ho, wo)]
+            y += patch[..., None] * kernel[a, b]
+    return y.reshape(n, ho, wo, c * m), xp
+
+
+def depthwise_conv2d_backward(xp, x_shape, kernel, dz, strides, padding, dilation, need_dx=True):
+    """Gradients of :func:`depthwise_conv2d` (``xp`` its padded input, ``dz`` dL/dy as
+    (N, Ho, Wo, C*M)): per kernel offset (a, b), with the slab P = xpad[:, a*dh::sh, b*dw::sw]
+    (ho x wo), dK[a, b, c, m] = sum_{n,i,j} P[n, i, j, c] dz[n, i, j, c, m] and
+    dxpad[slab] += sum_m dz[..., c, m] K[a, b, c, m]; the pads are cut from dxpad.
+    Returns (dK, dx or None)."""
+    n, h, w, c = x_shape
+    kh, kw, _, m = kernel.shape
+    ho, wo, ((pt, _), (pl, _)) = depthwise_geometry(x_shape, kernel.shape, strides, padding, dilation)
+    dz5 = dz.reshape(n, ho, wo, c, m)
+    dk = np.empty(kernel.shape, dz.dtype)
+    dxp = np.zeros(xp.shape, dz.dtype) if need_dx else None
+    for a in range(kh):
+        for b in range(kw):
+            slab = _offset_slab(a, b, strides, dilation, ho, wo)
+            # c_einsum's own loop (optimize=False): its BLAS path copies the strided slab
+            dk[a, b] = np.einsum("nijc,nijcm->cm", xp[slab], dz5)
+            if need_dx:
+                if m == 1:
+                    dxp[slab] += dz5[..., 0] * kernel[a, b, :, 0]
+                else:
+                    dxp[slab] += np.einsum("nijcm,cm->nijc", dz5, kernel[a, b])
+    dx = None if dxp is None else dxp[:, pt:pt + h, pl:pl + w]
+    return dk, dx
+
+
+class Conv2D(Layer):
+    """Conv2D: y = activation(conv2d(x, kernel) + bias); channels_last. ``groups`` > 1
+    builds a :class:`GroupedConv2D`."""
+
+    spatial = 2  # number of spatial axes of the kernel
+
+    def __new__(cls, config=None, weights=None, class_name=None):
+        if cls is Conv2D and isinstance(config, dict) and int(config.get("groups", 1) or 1) > 1:
+            cls = GroupedConv2D
+        return super().__new__(cls)
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """kernel (*kernel_size, in, filters) [+ bias (filters,)]."""
+        where = f"{cls.__name__} layer '{config.get('name')}'"
+        k = positive_sizes(config["kernel_size"], cls.spatial, where, "kernel_size")
+        f = int(config["filters"])
+        return [k + ("in", f)] + ([(f,)] if config.get("use_bias", True) else [])
+
+    def __init__(self, config, weights, class_name=None):
+        self.use_bias = config.get("use_bias", True)
+        self.n_weights = 2 if self.use_bias else 1
+        super().__init__(config, weights, class_name)
+        self.rank = 2
+        self.require("data_format", ("channels_last", None), "channels_last")
+        if type(self) is not GroupedConv2D:
+            self.require("groups", (1,), 1)
+        self.padding = self.require("padding", ("valid", "same"), "valid")
+        self.strides = self.sizes("strides", 2, 1)
+        self.dilation = self.sizes("dilation_rate", 2, 1)
+        if max(self.strides) > 1 and max(self.dilation) > 1:
+            raise self.unsupported("strides+dilation_rate", (self.strides, self.dilation),
+                                   "Keras itself rejects strides > 1 with dilation > 1")
+        if config.get("lora_rank"):
+            raise self.unsupported("lora_rank", config.get("lora_rank"))
+        self.kernel = np.ascontiguousarray(weights[0])
+        self.bias = weights[1] if self.use_bias else None
+        self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+
+    def _conv(self, x):
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        self.check_last_dim(x, self.kernel.shape[2])
+        return conv2d(x, self.kernel, self.strides, self.padding, self.dilation)
+
+    def forward(self, x, mask=None):
+        y = self._conv(x)
+        if self.bias is not None:
+            y += self.bias
+        if self.activation is activations.relu:
+            return np.maximum(y, 0.0, out=y)  # fused, in place
+        return self.activation(y)
+
+    def _as_image(self, x):
+        """(input as (N, H, W, C), explicit pads or None); Conv1D adds H = 1."""
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        return x, None
+
+    def forward_train(self, x, mask, ctx):
+        """z = im2col(x) @ K + b (the patches are kept for the backward pass); y = act(z).
+        The patch copy and the matmul run in row blocks on the worker threads."""
+        x4, explicit = self._as_image(x)
+        self.check_last_dim(x4, self.kernel.shape[2])
+        k = self.kernel
+        ho, wo, pads = conv_geometry(x4.shape, k.shape, self.strides, self.padding,
+                                     self.dilation, explicit)
+        n = x4.shape[0]
+        pointwise = _is_pointwise(k.shape, tuple(self.strides), pads)
+        if pointwise:
+            cols = x4.reshape(-1, k.shape[2])
+        else:
+            cols = np.empty((n, ho, wo) + k.shape[:3], x4.dtype)
+            for_blocks(lambda s: im2col(x4[s], k.shape, self.strides, self.dilation, pads, ho, wo,
+                                        out=cols[s]), n, cols.size)
+            cols = cols.reshape(-1, k.shape[0] * k.shape[1] * k.shape[2])
+        z = rows_matmul(cols, k.reshape(-1, k.shape[-1]), self.bias)
+        z = z.reshape(n, ho, wo, k.shape[-1])
+        y = self.activation(z)
+        self._saved = (x4.shape, cols, pads, z, y, pointwise)
+        return y if x.ndim == 4 else y[:, 0]
+
+    def backward(self, dy, need_dx=True, wrt_preactivation=False):
+        """dz = act'(z) dy;  dK = cols^T dz;  db = sum dz;  dx = col2im(dz K^T), the last
+        two in row blocks on the worker threads."""
+        x_shape, cols, pads, z, y, pointwise = self._saved
+        dy = dy.reshape(y.shape)
+        dz = dy if wrt_preactivation else activations.backward(
+            self.activation, z, y, dy, f"{self.class_name} layer '{self.name}'")
+        k = self.kernel
+        dz2 = dz.reshape(-1, k.shape[-1])
+        grads = [rows_matmul_tn(cols, dz2).reshape(self.weights[0].shape)]
+        if self.bias is not None:
+            grads.append(block_sum(lambda s: dz2[s].sum(axis=0), len(dz2), dz2.size))
+        if not need_dx:
+            return None, grads
+        if pointwise:
+            dx = rows_matmul(dz2, np.ascontiguousarray(k.reshape(-1, k.shape[-1]).T)).reshape(x_shape)
+        else:
+            dx = np.empty(x_shape, dz.dtype)
+
+            def block(s):
+                dx[s] = col2im(dz[s], k, dx[s].shape, self.strides, self.dilation, pads)
+            for_blocks(block, len(dx), dz.size * k.shape[0] * k.shape[1])
+        return (dx if len(self.weights[0].shape) == 4 else dx[:, 0]), grads
+
+
+class GroupedConv2D(Conv2D):
+    """Conv2D with ``groups`` = the number of input channels (ConvNeXt's depthwise
+    convolutions): kernel (kh, kw, 1, F), filter f reads input channel f // (F / C). That
+    is a depthwise convolution with multiplier M = F / C, kernel (kh, kw, C, M), whose
+    output channel c*M + m is filter f: the same maths (:func:`depthwise_conv2d`)."""
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        self.groups = int(config["groups"])
+        kh, kw, per_group, f = self.kernel.shape
+        if per_group != 1 or f % self.groups:
+            raise self.unsupported("groups", self.groups, "only groups equal to the number of input "
+                                   "channels (a depthwise convolution, as in ConvNeXt) is supported")
+        self.depthwise = self.kernel.reshape(kh, kw, self.groups, f // self.groups)
+
+    def _conv(self, x):
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        self.check_last_dim(x, self.groups)
+        return depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation)[0]
+
+    def forward_train(self, x, mask, ctx):
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        self.check_last_dim(x, self.groups)
+        z, xp = depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation)
+        if self.bias is not None:
+            z += self.bias
+        y = self.activation(z)
+        self._saved = (x.shape, xp, z, y)
+        return y
+
+    def backward(self, dy, need_dx=True, wrt_preactivation=False):
+        x_shape, xp, z, y = self._saved
+        dy = dy.reshape(y.shape)
+        dz = dy if wrt_preactivation else activations.backward(
+            self.activation, z, y, dy, f"{self.class_name} layer '{self.name}'")
+        dk, dx = depthwise_conv2d_backward(xp, x_shape, self.depthwise, dz, self.strides,
+                                           self.padding, self.dilation, need_dx)
+        grads = [dk.reshape(self.weights[0].shape)]
+        if self.bias is not None:
+            grads.append(dz.sum(axis=(0, 1, 2)))
+        return dx, grads
+
+
+class Conv1D(Conv2D):
+    """Conv1D on (N, L, C) via conv2d with H=1; supports 'causal' padding
+    (left padding of (k-1)*dilation)."""
+
+    spatial = 1
+
+    def __init__(self, config, weights, class_name=None):
+        cfg = dict(config)
+        self.causal = cfg.get("padding") == "causal"
+        if self.causal:
+            cfg["padding"] = "valid"
+        super().__init__(cfg, weights, class_name)
+        self.config = config  # the file's config (set_weights rebuilds the layer from it)
+        self.kernel = self.kernel[None]  # (1, k, C, F)
+        self.strides = (1,) + self.sizes("strides", 1, 1)
+        self.dilation = (1,) + self.sizes("dilation_rate", 1, 1)
+
+    def _conv(self, x):
+        self.check_rank(x, 3, "sequence batch (N, L, C)")
+        self.check_last_dim(x, self.kernel.shape[2])
+        x4 = x[:, None]
+        if self.causal:
+            left = (self.kernel.shape[1] - 1) * self.dilation[1]
+            y = conv2d(x4, self.kernel, self.strides, "valid", self.dilation,
+                       explicit_pads=((0, 0), (left, 0)))
+        else:
+            y = conv2d(x4, self.kernel, self.strides, self.padding, self.dilation)
+        return y[:, 0]
+
+    def _as_image(self, x):
+        self.check_rank(x, 3, "sequence batch (N, L, C)")
+        explicit = ((0, 0), ((self.kernel.shape[1] - 1) * self.dilation[1], 0)) if self.causal else None
+        return x[:, None], explicit
+
+
+class SpatialConv:
+    """What the convolutions that run their 1-D form as 2-D share: ``spatial`` (1 or 2)
+    axes, Keras' spatial options, and the (N, L, C) <-> (N, 1, L, C) views. A class says
+    how many channels its input has (``in_channels``)."""
+
+    spatial = 2
+
+    def spatial_options(self):
+        """data_format, padding, strides and dilation_rate, as 2-D tuples."""
+        self.require("data_format", ("channels_last", None), "channels_last")
+        self.padding = self.require("padding", ("valid", "same"), "valid")
+        n = self.spatial
+        self.strides = (1,) * (2 - n) + self.sizes("strides", n, 1)
+        self.dilation = (1,) * (2 - n) + self.sizes("dilation_rate", n, 1)
+
+    def _as_image(self, x):
+        if self.spatial == 2:
+            self.check_rank(x, 4, "image batch (N, H, W, C)")
+            x4 = x
+        else:
+            self.check_rank(x, 3, "sequence batch (N, L, C)")
+            x4 = x[:, None]
+        self.check_last_dim(x4, self.in_channels)
+        return x4
+
+    def _from_image(self, y):
+        return y if self.spatial == 2 else y[:, 0]

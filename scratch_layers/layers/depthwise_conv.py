@@ -1,0 +1,153 @@
+"""Depthwise and separable convolutions (1-D and 2-D)."""
+import numpy as np
+
+from .. import activations
+from ..blas import rows_matmul, rows_matmul_tn
+from ..errors import ModelFileError
+from .conv import SpatialConv, depthwise_conv2d, depthwise_conv2d_backward
+from .layer import Layer, positive_sizes
+
+
+class DepthwiseConv2D(SpatialConv, Layer):
+    """Depthwise conv: each input channel convolved with its own depth_multiplier filters.
+    kernel (kh, kw, C, M) -> output channels ordered c*M + m (as TF); see
+    :func:`depthwise_conv2d`. Backward: :func:`depthwise_conv2d_backward`."""
+
+    spatial = 2
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """kernel (kh, kw, in, depth_multiplier) [+ bias (in * depth_multiplier,)]."""
+        where = f"{cls.__name__} layer '{config.get('name')}'"
+        k = positive_sizes(config["kernel_size"], cls.spatial, where, "kernel_size")
+        m = int(config.get("depth_multiplier", 1))
+        return [k + ("in", m)] + ([("in*m",)] if config.get("use_bias", True) else [])
+
+    def __init__(self, config, weights, class_name=None):
+        self.use_bias = config.get("use_bias", True)
+        self.n_weights = 2 if self.use_bias else 1
+        super().__init__(config, weights, class_name)
+        self.spatial_options()
+        self.kernel = weights[0] if self.spatial == 2 else weights[0][None]
+        self.bias = weights[1] if self.use_bias else None
+        if self.bias is not None and self.bias.shape != (self.kernel.shape[2] * self.kernel.shape[3],):
+            raise ModelFileError(f"{self.class_name} layer '{self.name}': bias shape {self.bias.shape} "
+                                 f"does not fit kernel shape {self.kernel.shape}")
+        self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+
+    @property
+    def in_channels(self):
+        return self.kernel.shape[2]
+
+    def _z(self, x4):
+        z, xp = depthwise_conv2d(x4, self.kernel, self.strides, self.padding, self.dilation)
+        if self.bias is not None:
+            z += self.bias
+        return z, xp
+
+    def forward(self, x, mask=None):
+        return self._from_image(self.activation(self._z(self._as_image(x))[0]))
+
+    def forward_train(self, x, mask, ctx):
+        x4 = self._as_image(x)
+        z, xp = self._z(x4)
+        y = self.activation(z)
+        self._saved = (x4.shape, xp, z, y)
+        return self._from_image(y)
+
+    def backward(self, dy, need_dx=True):
+        """dz = act'(z) dy; db = sum dz; dK and dx from :func:`depthwise_conv2d_backward`."""
+        x_shape, xp, z, y = self._saved
+        dz = activations.backward(self.activation, z, y, dy.reshape(y.shape),
+                                  f"{self.class_name} layer '{self.name}'")
+        dk, dx = depthwise_conv2d_backward(xp, x_shape, self.kernel, dz, self.strides,
+                                           self.padding, self.dilation, need_dx)
+        grads = [dk.reshape(self.weights[0].shape)]
+        if self.bias is not None:
+            grads.append(dz.sum(axis=(0, 1, 2)))
+        return (None if dx is None else self._from_image(dx)), grads
+
+
+# ----------------------------------------------------------------------------- depthwise / separable
+
+class DepthwiseConv1D(DepthwiseConv2D):
+    """DepthwiseConv1D on (N, L, C): DepthwiseConv2D with H = 1; kernel (k, C, M)."""
+
+    spatial = 1
+
+
+class SeparableConv2D(SpatialConv, Layer):
+    """SeparableConv2D: a depthwise convolution (kernel (kh, kw, C, M), output channel
+    c*M + m) then a pointwise one (kernel (1, 1, C*M, F)):
+    u = depthwise_conv2d(x, Kd); z = u @ Kp + b; y = activation(z).
+    Backward: dKp = u^T dz, db = sum dz, du = dz Kp^T, then the depthwise backward."""
+
+    spatial = 2
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """depthwise (*kernel_size, in, M), pointwise (*ones, in*M, filters) [+ bias (filters,)]."""
+        where = f"{cls.__name__} layer '{config.get('name')}'"
+        k = positive_sizes(config["kernel_size"], cls.spatial, where, "kernel_size")
+        m = int(config.get("depth_multiplier", 1))
+        f = int(config["filters"])
+        return [k + ("in", m), (1,) * cls.spatial + ("in*m", f)] + \
+            ([(f,)] if config.get("use_bias", True) else [])
+
+    def __init__(self, config, weights, class_name=None):
+        self.use_bias = config.get("use_bias", True)
+        self.n_weights = 3 if self.use_bias else 2
+        super().__init__(config, weights, class_name)
+        self.spatial_options()
+        depthwise = weights[0] if self.spatial == 2 else weights[0][None]
+        self.depthwise_kernel = depthwise  # (kh, kw, C, M)
+        kh, kw, c, m = depthwise.shape
+        if weights[1].shape[-2] != c * m:
+            raise ModelFileError(f"{self.class_name} layer '{self.name}': pointwise kernel shape "
+                                 f"{weights[1].shape} does not fit depthwise kernel {weights[0].shape}")
+        self.pointwise = np.ascontiguousarray(weights[1].reshape(c * m, -1))  # (C*M, F)
+        self.bias = weights[2] if self.use_bias else None
+        self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+
+    @property
+    def in_channels(self):
+        return self.depthwise_kernel.shape[2]
+
+    def _z(self, x4):
+        u, xp = depthwise_conv2d(x4, self.depthwise_kernel, self.strides, self.padding, self.dilation)
+        n, ho, wo, cm = u.shape
+        z = rows_matmul(u.reshape(-1, cm), self.pointwise, self.bias).reshape(n, ho, wo, -1)
+        return z, u, xp
+
+    def forward(self, x, mask=None):
+        return self._from_image(self.activation(self._z(self._as_image(x))[0]))
+
+    def forward_train(self, x, mask, ctx):
+        x4 = self._as_image(x)
+        z, u, xp = self._z(x4)
+        y = self.activation(z)
+        self._saved = (x4.shape, xp, u, z, y)
+        return self._from_image(y)
+
+    def backward(self, dy, need_dx=True):
+        x_shape, xp, u, z, y = self._saved
+        dz = activations.backward(self.activation, z, y, dy.reshape(y.shape),
+                                  f"{self.class_name} layer '{self.name}'")
+        f = dz.shape[-1]
+        dz2 = dz.reshape(-1, f)
+        u2 = u.reshape(-1, u.shape[-1])
+        d_pointwise = rows_matmul_tn(u2, dz2).reshape(self.weights[1].shape)
+        du = rows_matmul(dz2, np.ascontiguousarray(self.pointwise.T)).reshape(u.shape)
+        d_depthwise, dx = depthwise_conv2d_backward(xp, x_shape, self.depthwise_kernel, du,
+                                                    self.strides, self.padding, self.dilation,
+                                                    need_dx)
+        grads = [d_depthwise.reshape(self.weights[0].shape), d_pointwise]
+        if self.bias is not None:
+            grads.append(dz2.sum(axis=0))
+        return (None if dx is None else self._from_image(dx)), grads
+
+
+class SeparableConv1D(SeparableConv2D):
+    """SeparableConv1D on (N, L, C): SeparableConv2D with H = 1; kernels (k, C, M), (1, C*M, F)."""
+
+    spatial = 1

@@ -1,0 +1,1 @@
+"""Model files: reading (no pickle, no code execution), hostile-file defences, writing."""

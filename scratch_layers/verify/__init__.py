@@ -1,0 +1,1 @@
+"""Verification: comparing scratch_layers with Keras node by node, and the CLI's table."""
