@@ -341,7 +341,8 @@ def test_conv_batchnorm_relu_folding(bias, relu, pool, tmp_path, record_property
     layers += [L.MaxPooling2D() if pool == "max" else L.AveragePooling2D(2), L.Flatten()]
     x = images(7, 10, 8, 3)
     sm, _ = check_model(k.Sequential(layers), x, tmp_path, record_property)
-    folded = [step[0] for step in sm._plan if type(step[0]).__name__ == "Conv2D"]
+    convs = [getattr(step[0], "conv", step[0]) for step in sm._plan]  # a fused pair holds its conv
+    folded = [c for c in convs if type(c).__name__ == "Conv2D"]
     assert folded and folded[0] is not sm.layers[0], "conv and batch norm are folded"
     assert len(sm._plan) == (3 if relu else 4) - (relu and pool == "max")
     inter = list(sm.intermediate_outputs(x).values())[-1]
@@ -384,14 +385,14 @@ def test_blockwise_conv_in_predict_equals_the_whole_chunk(tmp_path, monkeypatch)
     np.testing.assert_allclose(outs[0], outs[2], rtol=0, atol=1e-14)
     np.testing.assert_allclose(outs[1], outs[2], rtol=0, atol=1e-14)
     np.testing.assert_allclose(outs[2], m.predict(x.astype("float32"), verbose=0), atol=1e-5, rtol=1e-5)
-    assert len(sm._plan[2]) == 2, "Conv2D(relu) -> MaxPooling2D is one fused step"
+    assert len(sm._plan[2].nodes) == 2, "Conv2D(relu) -> MaxPooling2D is one fused step"
     largest_kept = 32 * 32 * 3 * 8  # the input, bytes per image (not conv1's output + im2col)
     assert sm._chunk_size(np.zeros((1, 32, 32, 3))) == model_mod.CHUNK_BUDGET_BYTES // largest_kept
     # the same when the fused step is the model's first: its input still counts
     first, _ = save_load(k.Sequential([k.Input((32, 32, 3)), k.layers.Conv2D(4, 3, activation="relu"),
                                        k.layers.MaxPooling2D(), k.layers.Flatten(), k.layers.Dense(2)]),
                          tmp_path, name="first")
-    assert len(first._plan[0]) == 2
+    assert len(first._plan[0].nodes) == 2
     assert first._chunk_size(np.zeros((1, 32, 32, 3))) == model_mod.CHUNK_BUDGET_BYTES // largest_kept
 
 

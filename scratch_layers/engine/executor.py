@@ -1,20 +1,11 @@
-"""Running a :class:`~scratch_layers.graph.Graph`: predict's plan (fusions), liveness, and
-one generic loop over the plan's steps.
+"""Running a :class:`~scratch_layers.engine.graph.Graph`: predict's plan (fusions), liveness,
+and one generic loop over the plan's steps.
 
 A *step* reads tensor ids and writes one. Most steps are one node. Where an intermediate
-tensor has a single consumer (and is not a model output) predict fuses, with exactly the
-layers' maths:
-
-* Conv2D(linear) -> BatchNormalization -> [ReLU] folds into one Conv2D: BN at inference
-  is ``y * mul + add`` per channel, so ``conv(x, W) * mul + add == conv(x, W * mul) + add``
-  (to float64 rounding, ~1e-16 relative).
-* Conv2D(relu/linear) -> MaxPooling2D pools the raw convolution first and adds bias and
-  activation afterwards: ``max(x + b) = max(x) + b`` and ``relu(max(x)) = max(relu(x))``
-  hold exactly in floating point (monotonic ops), and the bias/relu passes touch 4x less
-  data. The convolution runs in blocks of images (:func:`conv_then_max_pool`), so only
-  the pooled output is held whole.
-* Embedding -> RNN folds the table into the RNN's input projection:
-  ``(E @ W + b)[ids] == E[ids] @ W + b``.
+tensor has a single consumer (and is not a model output) predict fuses: it asks the layer
+whether it can absorb the consumer (``Layer.absorb``: Conv2D -> BatchNormalization ->
+ReLU folds into one Conv2D), then whether the two make a fused pair
+(:mod:`scratch_layers.engine.fusions`). The engine names no layer class.
 
 After each step, every tensor whose last reader has run is freed, so a chunk holds only
 the live tensors, not every intermediate.
@@ -23,24 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import activations
-from ..layers.conv import Conv2D
-from ..layers.core import Embedding
-from ..layers.depthwise_conv import DepthwiseConv2D
-from ..layers.pooling import MaxPooling2D, tf_max_floor
-from ..layers.recurrent import RNNBase
-from ..layers.wrappers import Bidirectional
-from .fusions import conv_then_max_pool, fold_batchnorm, foldable, is_plain_relu
+from .fusions import fuse_pair
 
 
 class Step(tuple):
-    """One step of the plan: a tuple of the layers it runs — ``(layer,)``, ``(conv, pool)``
-    (fused, convolved block by block) or ``("embed_rnn", embedding, rnn)`` — with the
-    tensor ids it reads (``inputs``), writes (``output``), the graph nodes it covers
-    (``nodes``) and its call options."""
+    """One step of the plan: a tuple of the one layer it runs (a layer, a layer that absorbed
+    others, or a fused pair) with the tensor ids it reads (``inputs``), writes (``output``),
+    the graph nodes it covers (``nodes``) and its call options."""
 
-    def __new__(cls, layers, inputs, output, nodes, options=None):
-        step = super().__new__(cls, layers)
+    def __new__(cls, layer, inputs, output, nodes, options=None):
+        step = super().__new__(cls, (layer,))
         step.inputs, step.output, step.nodes, step.options = list(inputs), output, list(nodes), options or {}
         return step
 
@@ -64,37 +47,19 @@ def plan_steps(graph, fuse=True):
     for i, node in enumerate(nodes):
         if i in done:
             continue
-        layer = node.layer
-        if not fuse or getattr(layer, "multi_input", False):
-            steps.append(Step((layer,), node.inputs, node.output, [node], node.options))
-            continue
-        nxt = sole_consumer(i)
-        if isinstance(layer, Embedding) and nxt is not None and isinstance(nodes[nxt].layer, (RNNBase, Bidirectional)):
-            steps.append(Step(("embed_rnn", layer, nodes[nxt].layer), node.inputs, nodes[nxt].output,
-                              [node, nodes[nxt]]))
-            done.add(nxt)
-            continue
-        chain, last = [i], i
-        if nxt is not None and foldable(layer, nodes[nxt].layer):
-            bn = nodes[nxt].layer
+        layer, chain = node.layer, [i]
+        while fuse and not getattr(layer, "multi_input", False):
+            nxt = sole_consumer(chain[-1])
+            if nxt is None:
+                break
+            fused = layer.absorb(nodes[nxt].layer) or fuse_pair(layer, nodes[nxt].layer)
+            if fused is None:
+                break
+            layer = fused
             chain.append(nxt)
-            after = sole_consumer(nxt)
-            relu = after is not None and is_plain_relu(nodes[after].layer)
-            if relu:
-                chain.append(after)
-            layer = fold_batchnorm(layer, bn, relu)
-            last = chain[-1]
-        pool = sole_consumer(last)
-        if (isinstance(layer, Conv2D) and pool is not None and isinstance(nodes[pool].layer, MaxPooling2D)
-                and layer.activation in (activations.relu, activations.linear)):
-            chain.append(pool)
-            covered = [nodes[j] for j in chain]
-            steps.append(Step((layer, nodes[pool].layer), node.inputs, nodes[pool].output, covered))
-        else:
-            covered = [nodes[j] for j in chain]
-            steps.append(Step((layer,), node.inputs, nodes[chain[-1]].output, covered, node.options))
+        # a fused chain runs at its first node's place: its later nodes read only the chain
+        steps.append(Step(layer, node.inputs, nodes[chain[-1]].output, [nodes[j] for j in chain], node.options))
         done.update(chain)
-    # a fused chain runs at its first node's place: its later nodes read only the chain
     return steps
 
 
@@ -113,26 +78,10 @@ def last_uses(steps, keep):
 
 def run_step(step, xs, masks):
     """``(output, mask)`` of one step on its input arrays and masks."""
-    head = step[0]
-    if head == "embed_rnn":
-        emb, rnn = step[1], step[2]
-        ids = emb.check_ids(xs[0])
-        mask = emb.compute_mask(ids, None)
-        return rnn.forward_ids(ids, mask, emb.table), rnn.compute_mask(None, mask)
-    if len(step) == 2:
-        conv, pool = step
-        y = conv_then_max_pool(conv, pool, xs[0])
-        relu = conv.activation is activations.relu
-        if not relu:
-            tf_max_floor(y)
-        if conv.bias is not None:
-            y += conv.bias
-        if relu:  # fmax: a window of only NaN gives relu(lowest + b) = 0, as in Keras
-            np.fmax(y, 0.0, out=y)
-        return y, None
-    if getattr(head, "multi_input", False):
-        return head.forward(xs, masks, **step.options), head.compute_mask(xs, masks, **step.options)
-    return head.forward(xs[0], masks[0]), head.compute_mask(xs[0], masks[0])
+    layer = step[0]
+    if getattr(layer, "multi_input", False):
+        return layer.forward(xs, masks, **step.options), layer.compute_mask(xs, masks, **step.options)
+    return layer.forward(xs[0], masks[0]), layer.compute_mask(xs[0], masks[0])
 
 
 def run(graph, steps, frees, inputs, on_output=None, run_step=run_step):
@@ -157,18 +106,15 @@ def run(graph, steps, frees, inputs, on_output=None, run_step=run_step):
 def elements_per_sample(graph, steps, frees, probe):
     """The most array elements one sample holds at once while the plan runs on ``probe``
     (one sample per input): at each step the larger of its largest input and its output
-    (plus a convolution's im2col buffer), plus every other live tensor (a skip
-    connection waiting for its merge). A fused step that convolves in blocks holds only
-    its input and its pooled output."""
+    (plus the layer's workspace, a convolution's im2col buffer), plus every other live
+    tensor (a skip connection waiting for its merge). A fused step that convolves in
+    blocks holds only its input and its pooled output."""
     per = max((np.asarray(x).size for x in probe), default=1)
 
     def measure(step, y, live):
         nonlocal per
         out = np.asarray(y).size
-        layer = step[0]
-        if isinstance(layer, (Conv2D, DepthwiseConv2D)) and len(step) == 1:
-            k = layer.kernel
-            out += out // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
+        out += step[0].workspace_per_sample(out)
         read = [np.asarray(live[t]).size for t in step.inputs if t is not None]
         others = sum(np.asarray(v).size for t, v in live.items()
                      if t not in step.inputs and t != step.output)

@@ -1,65 +1,103 @@
-"""Fused kernels of predict's plan (see :mod:`scratch_layers.engine.executor`)."""
-from __future__ import annotations
+"""Fusions of two layers that predict's plan runs as one step, found by what the layers
+declare (no class is named here). A layer's own ``absorb`` covers the folds that give one
+layer of its kind (Conv2D -> BatchNormalization -> ReLU); the pairs below give a step of
+their own:
 
-import copy
+* Conv2D(relu/linear) -> MaxPooling2D pools the raw convolution first and adds bias and
+  activation afterwards: ``max(x + b) = max(x) + b`` and ``relu(max(x)) = max(relu(x))``
+  hold exactly in floating point (monotonic ops), and the bias/relu passes touch 4x less
+  data. The convolution runs in blocks of images, so only the pooled output is held whole.
+* Embedding -> RNN folds the table into the RNN's input projection:
+  ``(E @ W + b)[ids] == E[ids] @ W + b``.
+"""
+from __future__ import annotations
 
 import numpy as np
 
 from .. import activations
-from ..layers.activation import Activation, ReLU
-from ..layers.conv import Conv2D, conv_geometry
-from ..layers.depthwise_conv import DepthwiseConv2D
-from ..layers.normalization import BatchNormalization
-from ..layers.pooling import pool2d
+from ..layers.conv import conv_geometry
+from ..layers.pooling import pool2d, tf_max_floor
 
 # im2col buffer per block of images in the fused Conv2D -> MaxPooling2D step: the patches
 # stay in the CPU cache, while the chunk is sized by the activations held whole.
 CONV_BLOCK_BYTES = 2 ** 21
 
 
-def is_plain_relu(layer) -> bool:
-    """A ReLU layer without options, or Activation("relu") (ResNet's blocks use the latter)."""
-    if isinstance(layer, Activation):
-        return layer.fn is activations.relu
-    return (isinstance(layer, ReLU) and layer.max_value is None and layer.negative_slope == 0.0
-            and layer.threshold == 0.0)
+class FusedPair:
+    """Two layers run as one step: named after the first, absorbing nothing further."""
+
+    multi_input = False
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+        self.name, self.class_name = first.name, f"{first.class_name}+{second.class_name}"
+
+    def absorb(self, following):
+        return None
+
+    def workspace_per_sample(self, output_size):
+        return 0
 
 
-def foldable(conv, bn) -> bool:
-    """Conv2D or DepthwiseConv2D (linear) followed by a per-channel BatchNormalization."""
-    if not (type(conv) in (Conv2D, DepthwiseConv2D) and conv.activation is activations.linear
-            and isinstance(bn, BatchNormalization) and bn.axis in (-1, 3)):
-        return False
-    channels = conv.kernel.shape[-1] * (conv.kernel.shape[2] if type(conv) is DepthwiseConv2D else 1)
-    return bn.mul.shape == (channels,)
+class ConvMaxPool(FusedPair):
+    """max_pool(activation(conv(x) + b)) as activation(max_pool(conv(x)) + b)."""
+
+    def __init__(self, conv, pool):
+        super().__init__(conv, pool)
+        self.conv = conv
+        self.pool, self.strides, self.padding = pool.max_pool_window()
+
+    def forward(self, x, mask=None):
+        y = self.pooled_convolution(x)
+        relu = self.conv.activation is activations.relu
+        if not relu:
+            tf_max_floor(y)
+        if self.conv.bias is not None:
+            y += self.conv.bias
+        if relu:  # fmax: a window of only NaN gives relu(lowest + b) = 0, as in Keras
+            np.fmax(y, 0.0, out=y)
+        return y
+
+    def compute_mask(self, x, mask):
+        return None
+
+    def pooled_convolution(self, x):
+        """max_pool(conv(x)) without bias and activation, the convolution done in blocks of
+        whole images whose im2col buffer takes at most ``CONV_BLOCK_BYTES``: each block's
+        patch buffer and matmul output stay in the CPU cache however large the chunk is."""
+        conv = self.conv
+
+        def block(xs):
+            return pool2d(conv.convolve(xs), self.pool, self.strides, self.padding, "max")
+        conv.check_rank(x, 4, "image batch (N, H, W, C)")
+        ho, wo, _ = conv_geometry(x.shape, conv.kernel.shape, conv.strides, conv.padding, conv.dilation)
+        per = max(1, CONV_BLOCK_BYTES // (ho * wo * conv.kernel[..., 0].size * x.dtype.itemsize))
+        if len(x) <= per:
+            return block(x)
+        first = block(x[:per])
+        out = np.empty((len(x),) + first.shape[1:], first.dtype)
+        out[:per] = first
+        for s in range(per, len(x), per):
+            out[s:s + per] = block(x[s:s + per])
+        return out
 
 
-def fold_batchnorm(conv, bn, relu):
-    """One convolution equal to conv(linear) -> BatchNormalization(channels) [-> ReLU]:
-    ``conv(x, W) * mul + add == conv(x, W * mul) + add`` per output channel (a depthwise
-    kernel (kh, kw, C, M) has output channel c*M + m)."""
-    folded = copy.copy(conv)
-    mul = bn.mul.reshape(conv.kernel.shape[2:]) if type(conv) is DepthwiseConv2D else bn.mul
-    folded.kernel = np.ascontiguousarray(conv.kernel * mul)
-    folded.bias = (conv.bias * bn.mul + bn.add) if conv.bias is not None else np.array(bn.add, copy=True)
-    folded.activation = activations.relu if relu else activations.linear
-    return folded
+class EmbeddingRNN(FusedPair):
+    """An Embedding read only by a recurrent layer: the RNN projects the table once."""
+
+    def forward(self, x, mask=None):
+        ids = self.first.check_ids(x)
+        return self.second.forward_ids(ids, self.first.compute_mask(ids, None), self.first.table)
+
+    def compute_mask(self, x, mask):
+        return self.second.compute_mask(None, self.first.compute_mask(x, None))
 
 
-def conv_then_max_pool(conv, pool, x):
-    """max_pool(conv(x)) without bias and activation, the convolution done in blocks of
-    whole images whose im2col buffer takes at most ``CONV_BLOCK_BYTES``: each block's
-    patch buffer and matmul output stay in the CPU cache however large the chunk is."""
-    def block(xs):
-        return pool2d(conv._conv(xs), pool.pool, pool.strides, pool.padding, "max")
-    conv.check_rank(x, 4, "image batch (N, H, W, C)")
-    ho, wo, _ = conv_geometry(x.shape, conv.kernel.shape, conv.strides, conv.padding, conv.dilation)
-    per = max(1, CONV_BLOCK_BYTES // (ho * wo * conv.kernel[..., 0].size * x.dtype.itemsize))
-    if len(x) <= per:
-        return block(x)
-    first = block(x[:per])
-    out = np.empty((len(x),) + first.shape[1:], first.dtype)
-    out[:per] = first
-    for s in range(per, len(x), per):
-        out[s:s + per] = block(x[s:s + per])
-    return out
+def fuse_pair(layer, following):
+    """The fused step of ``layer`` then ``following``, or None."""
+    if (getattr(layer, "max_pool_commutes", False) and following.max_pool_window() is not None
+            and layer.activation in (activations.relu, activations.linear)):
+        return ConvMaxPool(layer, following)
+    if hasattr(layer, "check_ids") and hasattr(following, "forward_ids"):
+        return EmbeddingRNN(layer, following)
+    return None

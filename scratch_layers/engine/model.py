@@ -9,15 +9,11 @@ import numpy as np
 
 from ..blas import blas_threads, default_workers
 from ..errors import InputError, ModelFileError, ScratchError
-from ..layers.core import Embedding
 from ..layers.layer import from_keras_order, keras_ordered
-from ..layers.recurrent import RNNBase
-from ..layers.text import TextVectorization
-from ..layers.wrappers import Bidirectional
 from ..saving.writing import save_model
 from ..training.backward import forward_backward, train_on_batch
 from . import executor
-from .inputs import first_nonfinite
+from .inputs import as_compute, prepare_inputs
 
 # Working-set budget per chunk, in bytes. Convolutional models use small chunks
 # whose im2col buffers stay in the CPU cache; recurrent models want large chunks
@@ -31,13 +27,15 @@ KERAS_PREDICT_BATCH = 32
 
 
 def _input_kind(input_layer, readers):
-    """"string", "int" or "float": what an input takes, from its dtype and its readers."""
+    """``("string" | "int" | "float", the layer that reads strings or None)``: what an input
+    takes, from its dtype and what its readers declare (``Layer.input_kind``)."""
     dtype = str(getattr(input_layer, "dtype", "float32"))
-    if dtype == "string" or any(isinstance(l, TextVectorization) for l in readers):
-        return "string"
-    if dtype.startswith(("int", "uint")) or any(isinstance(l, Embedding) for l in readers):
-        return "int"
-    return "float"
+    text = next((l for l in readers if l.input_kind == "string"), None)
+    if dtype == "string" or text is not None:
+        return "string", text
+    if dtype.startswith(("int", "uint")) or any(l.input_kind == "int" for l in readers):
+        return "int", None
+    return "float", None
 
 
 class Model:
@@ -60,18 +58,19 @@ class Model:
         self.output_names = list(graph.output_names)
         self._chunks = {}
         self.n_workers = default_workers()
-        self._recurrent = any(isinstance(l, (RNNBase, Bidirectional)) for l in self.layers)
+        self._recurrent = any(l.recurrent for l in self.layers)
         self.dtype = np.dtype(np.float64)
         readers = {}
         for node in graph.nodes:
             for t in node.inputs:
                 readers.setdefault(t, []).append(node.layer)
-        self.input_kinds = [_input_kind(l, readers.get(t, [])) for l, t in zip(self.input_layers, graph.inputs)]
+        kinds = [_input_kind(l, readers.get(t, [])) for l, t in zip(self.input_layers, graph.inputs)]
+        self.input_kinds = [kind for kind, _ in kinds]
+        self.input_readers = [reader for _, reader in kinds]
         self.input_kind = self.input_kinds[0] if self.input_kinds else "float"
         # TextVectorization without output_sequence_length pads each batch to its own
         # longest text, as Keras pads each predict batch: chunks must be Keras' batches
-        self._keras_batches = any(isinstance(l, TextVectorization) and l.output_sequence_length is None
-                                  for l in self.layers)
+        self._keras_batches = any(l.pads_each_batch for l in self.layers)
         self._replan()
 
     def _replan(self):
@@ -155,80 +154,6 @@ class Model:
         return probe, exact
 
     # ------------------------------------------------------------------ input
-    def _split_inputs(self, x):
-        """The model's inputs as a list, from one array, a list/tuple or a dict by name."""
-        n = len(self.input_layers)
-        if isinstance(x, dict):
-            missing = [k for k in self.input_names if k not in x]
-            extra = [k for k in x if k not in self.input_names]
-            if missing or extra:
-                raise InputError(f"model '{self.name}' takes inputs {self.input_names}; the dict "
-                                 f"{'lacks ' + str(missing) if missing else ''}"
-                                 f"{' and ' if missing and extra else ''}"
-                                 f"{'has unknown ' + str(extra) if extra else ''}")
-            return [x[k] for k in self.input_names]
-        if n == 1:
-            if isinstance(x, (list, tuple)) and len(x) == 1 and isinstance(x[0], np.ndarray):
-                return [x[0]]
-            return [x]
-        if not isinstance(x, (list, tuple)) or len(x) != n:
-            got = f"a {type(x).__name__} of {len(x)}" if isinstance(x, (list, tuple)) else \
-                f"one {type(x).__name__}"
-            raise InputError(f"model '{self.name}' has {n} inputs {self.input_names}: pass a list of "
-                             f"{n} arrays in that order or a dict keyed by those names, got {got}")
-        return list(x)
-
-    def _prepare(self, x, allow_nonfinite=False):
-        xs = [self._prepare_one(v, layer, kind, allow_nonfinite)
-              for v, layer, kind in zip(self._split_inputs(x), self.input_layers, self.input_kinds)]
-        lengths = {len(v) for v in xs}
-        if len(lengths) > 1:
-            raise InputError(f"model '{self.name}': its inputs have different batch sizes "
-                             f"{[len(v) for v in xs]}; every input needs one row per sample")
-        return xs
-
-    def _prepare_one(self, x, input_layer, kind, allow_nonfinite):
-        where = f"model '{self.name}'" + (f" input '{input_layer.name}'" if len(self.input_layers) > 1 else "")
-        if kind == "string":
-            return np.asarray(TextVectorization.as_strings(x), dtype=object)
-        try:
-            arr = np.asarray(x)
-        except ValueError as e:  # ragged nested lists
-            raise InputError(f"{where}: input could not be converted to an array ({e}); "
-                             "pass a rectangular numeric array") from None
-        shape = input_layer.batch_shape if input_layer else None
-        if shape is not None:
-            if arr.ndim != len(shape):
-                hint = ""
-                if arr.ndim == len(shape) - 1:
-                    hint = " (a single sample? add a batch axis: x[None])"
-                raise InputError(f"{where} expects input of rank {len(shape)} "
-                                 f"with shape (batch, {', '.join(str(s) for s in shape[1:])}), "
-                                 f"got shape {arr.shape}{hint}")
-            for i, (want, got) in enumerate(zip(shape[1:], arr.shape[1:]), start=1):
-                if want is not None and want != got:
-                    what = "channels" if (i == len(shape) - 1 and arr.ndim == 4) else f"axis {i}"
-                    raise InputError(f"{where} expects input shape (batch, "
-                                     f"{', '.join(str(s) for s in shape[1:])}); got {arr.shape} "
-                                     f"(wrong {what}: expected {want}, got {got})")
-        if kind == "int":
-            return arr  # id checks (dtype, range) are done by the Embedding layer
-        if arr.dtype.kind not in "fiub":
-            raise InputError(f"{where} expects a numeric float array, got dtype {arr.dtype}")
-        # the input keeps its dtype here; each chunk is cast to the compute dtype when it
-        # is processed (no full-size float64 copy of a large input)
-        if not allow_nonfinite and arr.dtype.kind == "f":
-            bad = first_nonfinite(arr)
-            if bad is not None:
-                raise InputError(f"{where}: input contains NaN/inf (first at index {bad}); clean the "
-                                 "data or call predict(..., allow_nonfinite=True) to propagate it")
-        return arr
-
-    def _as_compute(self, xs):
-        """Input chunks in the compute dtype (ids and strings pass unchanged)."""
-        return [np.asarray(x, dtype=self.dtype) if kind == "float" else x
-                for x, kind in zip(xs, self.input_kinds)]
-
     def _chunk_size(self, xs):
         """Pick a chunk so one chunk's live activations (incl. im2col) fit the budget.
         Sized for this call's sample shapes (a variable-length input may be 10x longer
@@ -237,7 +162,7 @@ class Model:
         key = tuple(x.shape[1:] for x in xs)
         if key not in self._chunks:
             try:
-                probe = self._as_compute([x[:1] for x in xs])
+                probe = as_compute(self, [x[:1] for x in xs])
                 per = executor.elements_per_sample(self.graph, self._plan, self._frees, probe)
             except InputError as e:
                 raise InputError(f"input of shape {', '.join(str(x.shape) for x in xs)} does not fit "
@@ -253,7 +178,7 @@ class Model:
     def _run(self, xs, collect=False):
         """The outputs (a list) of the graph on one chunk; with ``collect``, an ordered
         dict node name -> output of every node, unfused."""
-        xs = self._as_compute(xs)
+        xs = as_compute(self, xs)
         if not collect:
             return executor.run(self.graph, self._plan, self._frees, xs)
         outs = OrderedDict()
@@ -287,7 +212,7 @@ class Model:
         except after a TextVectorization without output_sequence_length: there, as in
         Keras, each batch of ``batch_size`` (default 32) texts is padded to its longest.
         Non-finite float input raises InputError unless ``allow_nonfinite=True``."""
-        xs = self._prepare(x, allow_nonfinite)
+        xs = prepare_inputs(self, x, allow_nonfinite)
         # Always one BLAS thread per worker: OpenBLAS's own threading is slower for our
         # chunk-sized matmuls and pathologically slow (10x) when the CPUs are busy.
         with blas_threads(1):
@@ -345,7 +270,7 @@ class Model:
         order they run) for the whole batch, computed in chunks of ``batch_size`` (default
         256). A layer called several times gives ``name``, ``name:1``, ...; the nodes of a
         nested model are ``outer/inner_layer`` and its output is also named ``outer``."""
-        xs = self._prepare(x, allow_nonfinite)
+        xs = prepare_inputs(self, x, allow_nonfinite)
         chunk = int(batch_size or 256)
         n = len(xs[0])
         with blas_threads(1):

@@ -19,6 +19,9 @@ class ElementwiseBackward(KeepsInputOutput):
 class Activation(ElementwiseBackward, Layer):
     supports_masking = True
 
+    def is_plain_relu(self):
+        return self.fn is activations.relu
+
     def local_grad(self, x, y, dy):
         return activations.backward(self.fn, x, y, dy, f"Activation layer '{self.name}'")
 
@@ -39,6 +42,9 @@ class ReLU(ElementwiseBackward, Layer):
 
     def _plain(self):
         return self.negative_slope == 0.0 and self.threshold == 0.0 and self.max_value is None
+
+    def is_plain_relu(self):
+        return self._plain()
 
     def forward_train(self, x, mask, ctx):
         if not self._plain():

@@ -5,6 +5,8 @@ Convolution uses im2col: the padded input is gathered once into a contiguous
 loop runs kh*kw times, never over pixels or samples) and multiplied with the
 kernel reshaped to ``(kh*kw*C, F)`` in a single BLAS matmul.
 """
+import copy
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -168,11 +170,46 @@ def depthwise_conv2d_backward(xp, x_shape, kernel, dz, strides, padding, dilatio
     return dk, dx
 
 
-class Conv2D(Layer):
+class AbsorbsAffine:
+    """Conv2D and DepthwiseConv2D, while linear, absorb a following per-channel affine layer
+    (BatchNormalization at inference), ``conv(x, W) * mul + add == conv(x, W * mul) + add``
+    per output channel (to float64 rounding, ~1e-16 relative), and a following plain ReLU.
+    ``output_channel_dims``: the kernel's trailing axes that make the output channel (a
+    depthwise kernel (kh, kw, C, M) has output channel c*M + m)."""
+
+    absorbs_following = True  # subclasses that run another kernel opt out
+    output_channel_dims = 1
+
+    def absorb(self, following):
+        if not self.absorbs_following or self.activation is not activations.linear:
+            return None
+        if following.is_plain_relu():
+            fused = copy.copy(self)
+            fused.activation = activations.relu
+            return fused
+        affine = following.channel_affine(4)
+        dims = self.kernel.shape[-self.output_channel_dims:]
+        if affine is None or np.shape(affine[0]) != (int(np.prod(dims)),):
+            return None
+        mul, add = affine
+        fused = copy.copy(self)
+        fused.kernel = np.ascontiguousarray(self.kernel * mul.reshape(dims))
+        fused.bias = self.bias * mul + add if self.bias is not None else np.array(add, copy=True)
+        return fused
+
+    def workspace_per_sample(self, output_size):
+        k = self.kernel
+        return output_size // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
+
+
+class Conv2D(AbsorbsAffine, Layer):
     """Conv2D: y = activation(conv2d(x, kernel) + bias); channels_last. ``groups`` > 1
     builds a :class:`GroupedConv2D`."""
 
     spatial = 2  # number of spatial axes of the kernel
+    # the output is activation(convolve(x) + bias) with a monotonic activation (relu or
+    # linear): a following max pool may run on convolve(x) first (see engine.fusions)
+    max_pool_commutes = True
 
     def __new__(cls, config=None, weights=None, class_name=None):
         if cls is Conv2D and isinstance(config, dict) and int(config.get("groups", 1) or 1) > 1:
@@ -207,13 +244,13 @@ class Conv2D(Layer):
         self.bias = weights[1] if self.use_bias else None
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
 
-    def _conv(self, x):
+    def convolve(self, x):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         self.check_last_dim(x, self.kernel.shape[2])
         return conv2d(x, self.kernel, self.strides, self.padding, self.dilation)
 
     def forward(self, x, mask=None):
-        y = self._conv(x)
+        y = self.convolve(x)
         if self.bias is not None:
             y += self.bias
         if self.activation is activations.relu:
@@ -279,6 +316,8 @@ class GroupedConv2D(Conv2D):
     is a depthwise convolution with multiplier M = F / C, kernel (kh, kw, C, M), whose
     output channel c*M + m is filter f: the same maths (:func:`depthwise_conv2d`)."""
 
+    absorbs_following = False
+
     def __init__(self, config, weights, class_name=None):
         super().__init__(config, weights, class_name)
         self.groups = int(config["groups"])
@@ -288,7 +327,7 @@ class GroupedConv2D(Conv2D):
                                    "channels (a depthwise convolution, as in ConvNeXt) is supported")
         self.depthwise = self.kernel.reshape(kh, kw, self.groups, f // self.groups)
 
-    def _conv(self, x):
+    def convolve(self, x):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         self.check_last_dim(x, self.groups)
         return depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation)[0]
@@ -320,6 +359,8 @@ class Conv1D(Conv2D):
     """Conv1D on (N, L, C) via conv2d with H=1; supports 'causal' padding
     (left padding of (k-1)*dilation)."""
 
+    absorbs_following = False
+
     spatial = 1
 
     def __init__(self, config, weights, class_name=None):
@@ -333,7 +374,7 @@ class Conv1D(Conv2D):
         self.strides = (1,) + self.sizes("strides", 1, 1)
         self.dilation = (1,) + self.sizes("dilation_rate", 1, 1)
 
-    def _conv(self, x):
+    def convolve(self, x):
         self.check_rank(x, 3, "sequence batch (N, L, C)")
         self.check_last_dim(x, self.kernel.shape[2])
         x4 = x[:, None]

@@ -162,6 +162,8 @@ class Embedding(Layer):
     Ids must be integers in [0, input_dim). Float arrays are accepted only if every
     value is integral (Keras would silently truncate 1.7 to 1; we refuse)."""
 
+    input_kind = "int"
+
     n_weights = 1
 
     @classmethod

@@ -4,16 +4,22 @@ import numpy as np
 from .. import activations
 from ..blas import rows_matmul, rows_matmul_tn
 from ..errors import ModelFileError
-from .conv import SpatialConv, depthwise_conv2d, depthwise_conv2d_backward
+from .conv import (
+    AbsorbsAffine,
+    SpatialConv,
+    depthwise_conv2d,
+    depthwise_conv2d_backward,
+)
 from .layer import Layer, positive_sizes
 
 
-class DepthwiseConv2D(SpatialConv, Layer):
+class DepthwiseConv2D(AbsorbsAffine, SpatialConv, Layer):
     """Depthwise conv: each input channel convolved with its own depth_multiplier filters.
     kernel (kh, kw, C, M) -> output channels ordered c*M + m (as TF); see
     :func:`depthwise_conv2d`. Backward: :func:`depthwise_conv2d_backward`."""
 
     spatial = 2
+    output_channel_dims = 2
 
     @classmethod
     def weight_shapes(cls, config):
@@ -72,6 +78,8 @@ class DepthwiseConv2D(SpatialConv, Layer):
 
 class DepthwiseConv1D(DepthwiseConv2D):
     """DepthwiseConv1D on (N, L, C): DepthwiseConv2D with H = 1; kernel (k, C, M)."""
+
+    absorbs_following = False
 
     spatial = 1
 

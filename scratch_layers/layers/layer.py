@@ -21,6 +21,9 @@ class Layer:
     supports_masking = False
     n_weights = 0
     multi_input = False  # see MultiInputLayer
+    input_kind = None    # "int" (token ids) or "string" (raw text) for layers that read those
+    recurrent = False    # a loop over time: predict runs it in large chunks
+    pads_each_batch = False  # output length follows each batch (TextVectorization without a fixed one)
 
     def __init__(self, config, weights, class_name=None):
         self.config = config
@@ -39,6 +42,32 @@ class Layer:
         A dimension may be a str symbol (equal wherever it recurs, e.g. the input
         width) and a whole shape may be None. Layers without weights return []."""
         return []
+
+    # fusion --------------------------------------------------------------
+    # Predict's plan asks a layer whether it can absorb the layer that alone reads its
+    # output; layers answer from what they are, and the engine names no class.
+
+    def absorb(self, following):
+        """This layer followed by ``following``, as one layer with the same maths, or None."""
+        return None
+
+    def channel_affine(self, rank):
+        """``(mul, add)`` when this layer is ``x * mul + add`` per channel of the last axis of
+        a rank-``rank`` input at inference (BatchNormalization), else None."""
+        return None
+
+    def is_plain_relu(self):
+        """Whether this layer is max(x, 0) and nothing else."""
+        return False
+
+    def max_pool_window(self):
+        """``(pool, strides, padding)`` when this layer is 2-D max pooling, else None."""
+        return None
+
+    def workspace_per_sample(self, output_size):
+        """Elements held besides input and output while this layer runs, per sample whose
+        output has ``output_size`` elements (a convolution's im2col buffer)."""
+        return 0
 
     def walk(self):
         """This layer, then every layer inside it, depth first."""

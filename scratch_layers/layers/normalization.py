@@ -47,6 +47,10 @@ class BatchNormalization(Layer):
         self.eps = eps
         self.momentum = float(config.get("momentum", 0.99))
 
+    def channel_affine(self, rank):
+        """At inference y = x * mul + add per channel."""
+        return (self.mul, self.add) if self.axis % rank == rank - 1 else None
+
     def trainable_flags(self):
         """gamma, beta trainable (unless the layer is frozen); the moving statistics never."""
         t = bool(self.config.get("trainable", True))

@@ -165,6 +165,9 @@ class Pooling2D(PoolingBackward, Layer):
         y = pool2d(x, self.pool, self.strides, self.padding, self.mode)
         return tf_max_floor(y) if self.mode == "max" else y
 
+    def max_pool_window(self):
+        return (self.pool, self.strides, self.padding) if self.mode == "max" else None
+
 
 class MaxPooling2D(Pooling2D):
     mode = "max"

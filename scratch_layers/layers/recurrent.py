@@ -393,6 +393,8 @@ class RNNBase(Layer):
     ``forward(x, mask)``: x (N, T, D) float; mask (N, T) bool or None.
     Returns (N, T, units) if ``return_sequences`` else (N, units)."""
 
+    recurrent = True
+
     supports_masking = True
     gates = 1
     step = None

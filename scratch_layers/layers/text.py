@@ -79,6 +79,13 @@ class TextVectorization(Layer):
     standardize/split modes are supported; anything else raises
     UnsupportedLayerError naming the option."""
 
+    input_kind = "string"
+
+    @property
+    def pads_each_batch(self):
+        """Without output_sequence_length, each batch is padded to its own longest text."""
+        return self.output_sequence_length is None
+
     def __init__(self, config, weights, class_name=None, vocabulary=None):
         super().__init__(config, weights, class_name)
         self.standardize = self.require(

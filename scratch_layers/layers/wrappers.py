@@ -140,6 +140,8 @@ class Bidirectional(Wrapper):
     flipped back to input order only when ``return_sequences``. Merge modes:
     concat (default), sum, ave, mul."""
 
+    recurrent = True
+
     supports_masking = True
 
     @classmethod

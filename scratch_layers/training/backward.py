@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..engine import executor
+from ..engine.inputs import as_compute, prepare_inputs
 from ..errors import NoBackwardError
 from ..layers.core import Dense
 from ..layers.layer import CONSTRAINT_OPTIONS, REGULARIZER_OPTIONS, Layer, keras_ordered
@@ -103,7 +105,7 @@ def forward_backward(model, x, y, training=False, seed=None, augmentation="error
             f"model '{model.name}' has {len(graph.outputs)} outputs; loss_and_gradients and "
             "train_on_batch support single-output models (Keras' per-output losses and loss "
             "weights are not reproduced). Build a single-output model over the output to train.")
-    xs = model._as_compute(model._prepare(x))
+    xs = as_compute(model, prepare_inputs(model, x))
     ctx = TrainContext(bool(training), np.random.default_rng(seed), augmentation)
     flags = {id(layer): layer.trainable_flags() for layer in model.layers}
     counts = _call_counts(graph)
@@ -112,22 +114,25 @@ def forward_backward(model, x, y, training=False, seed=None, augmentation="error
     for node in graph.nodes:
         if any(flags[id(node.layer)]) or any(t in needs for t in node.inputs if t is not None):
             needs.add(node.output)
-    values = dict(zip(graph.inputs, xs))
-    masks = dict.fromkeys(graph.inputs)
-    instances = []
-    for node in graph.nodes:
+    instances, masks = [], {}
+
+    def train_step(step, args, margs):
+        """One node in training: a copy of the layer per call where it is shared."""
+        node, = step.nodes
         train = node.output in needs or _has_forward_train(node.layer)
         inst = _instance(node.layer, counts[id(node.layer)]) if train else node.layer
         if train and counts[id(node.layer)] > 1 and training and hasattr(node.layer, "state_updates"):
             raise NoBackwardError(f"{node.layer.class_name} layer '{node.layer.name}' is called "
                                   f"{counts[id(node.layer)]} times; training mode with its moving "
                                   "statistics updated per call is not supported")
-        args = [None if t is None else values[t] for t in node.inputs]
-        margs = [None if t is None else masks[t] for t in node.inputs]
-        values[node.output], masks[node.output] = _forward_train(inst, node, args, margs, ctx, train)
+        y, masks[node.output] = _forward_train(inst, node, args, margs, ctx, train)
         instances.append(inst if train else None)
+        return y, masks[node.output]
+
+    steps = executor.plan_steps(graph, fuse=False)
+    out, = executor.run(graph, steps, executor.last_uses(steps, set(graph.outputs)), xs, run_step=train_step)
     out_t = graph.outputs[0]
-    out, mask = values[out_t], masks[out_t]
+    mask = masks.get(out_t)
     if mask is not None or out.ndim != 2:
         raise NoBackwardError(f"the model's output has shape {out.shape}"
                               f"{' and a mask' if mask is not None else ''}; the loss supports "
