@@ -2,7 +2,7 @@
 
 A *node* is one call of a layer (or of a ``keras.src.ops`` operation): its inputs are
 tensor ids, its output one tensor id. A layer called several times (a shared layer) is
-one :class:`~scratch_layers.base.Layer` object referenced by several nodes, so it keeps
+one :class:`~scratch_layers.layers.layer.Layer` object referenced by several nodes, so it keeps
 one set of weights. A Sequential or Functional model used as a layer is built once as
 its own :class:`Graph` and *instantiated* at each of its calls: its nodes are copied
 with fresh tensor ids (sharing the layer objects). A Sequential model is a graph with

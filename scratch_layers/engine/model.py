@@ -1,5 +1,5 @@
 """The :class:`Model`: a Keras model's graph, with predict, intermediate outputs and the
-training API (:mod:`scratch_layers.training`)."""
+training API (:mod:`scratch_layers.training.backward`)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -39,9 +39,9 @@ def _input_kind(input_layer, readers):
 
 
 class Model:
-    """A Keras model as a graph (:class:`~scratch_layers.graph.Graph`) of layer calls.
+    """A Keras model as a graph (:class:`~scratch_layers.engine.graph.Graph`) of layer calls.
 
-    ``predict`` runs the fused plan (:mod:`scratch_layers.executor`) in chunks of the
+    ``predict`` runs the fused plan (:mod:`scratch_layers.engine.executor`) in chunks of the
     batch; ``intermediate_outputs`` runs every node unfused; training
     (:meth:`loss_and_gradients`, :meth:`train_on_batch`) runs the unfused nodes with a
     backward pass (:mod:`scratch_layers.training`). Inputs and outputs follow Keras: one

@@ -1,12 +1,11 @@
-"""Attention layers and TimeDistributed (forward and backward).
+"""Attention layers (forward and backward).
 
-* :class:`EinsumDense`: ``y = act(einsum(eq, x, K) + b)``; also the four (five with
+* :class:`~scratch_layers.layers.einsum_dense.EinsumDense` makes the four (five with
   ``use_gate``) projections inside :class:`MultiHeadAttention`.
-* :class:`MultiHeadAttention` (a :class:`~scratch_layers.base.MultiInputLayer`): Keras'
+* :class:`MultiHeadAttention` (a :class:`~scratch_layers.layers.layer.MultiInputLayer`): Keras'
   ``mha(query, value, key=None, attention_mask=None, use_causal_mask=False)``.
 * :class:`Attention` (Luong, ``score_mode`` 'dot'/'concat') and :class:`AdditiveAttention`
   (Bahdanau), called as ``layer([query, value])`` or ``layer([query, value, key])``.
-* :class:`TimeDistributed`: any supported single-input layer applied to every timestep.
 
 Each follows Keras 3.15's own code (``keras/src/layers/attention/*.py``,
 ``layers/core/einsum_dense.py``, ``layers/rnn/time_distributed.py``) and the TensorFlow

@@ -1,4 +1,5 @@
-"""Convolution and pooling layers (channels_last), vectorised with NumPy.
+"""Convolutions (channels_last), vectorised with NumPy: the im2col/col2im and depthwise
+maths every convolution layer uses, and Conv1D/Conv2D.
 
 Convolution uses im2col: the padded input is gathered once into a contiguous
 ``(N*Ho*Wo, kh*kw*C)`` buffer (one strided copy per kernel offset, so the copy

@@ -1,4 +1,4 @@
-"""Transposed, separable and depthwise-multiplier convolutions, cropping and upsampling (forward and backward).
+"""Transposed convolutions, Conv1DTranspose and Conv2DTranspose (forward and backward).
 
 All channels_last. Forward and backward are vectorised over kernel offsets (a loop of
 kh*kw strided slabs at most), never over pixels, samples or channels.
@@ -56,7 +56,7 @@ def conv_transpose_geometry(x_shape, k_shape, strides, padding, output_padding, 
 
 
 def scatter_patches(cols, out_hw, strides, dilation, pads):
-    """col2im: the adjoint of :func:`scratch_layers.conv.im2col`. ``cols`` (N, H, W, kh, kw, F)
+    """col2im: the adjoint of :func:`scratch_layers.layers.conv.im2col`. ``cols`` (N, H, W, kh, kw, F)
     -> (N, Ho, Wo, F) with out[n, i*sh + a*dh - pt, j*sw + b*dw - pl] += cols[n, i, j, a, b];
     cells that land in the pads are dropped. One strided slab add per kernel offset (the
     cells of one slab are distinct, so ``+=`` is exact); no loop over pixels or samples."""

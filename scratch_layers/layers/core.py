@@ -1,5 +1,5 @@
-"""Core layers: Input, inference no-ops, Dense, activations, normalisation,
-reshaping and Embedding."""
+"""Core layers: Input, the inference no-ops (Dropout, noise, random augmentation), Dense,
+Embedding, Masking and LayerScale."""
 import numpy as np
 
 from .. import activations
@@ -18,7 +18,7 @@ INFERENCE_NO_OPS = DROPOUT + RANDOM_NOISE + RANDOM_AUGMENTATION + ("ActivityRegu
 
 class InputLayer(Layer):
     """Keras ``InputLayer``: identity; its ``batch_shape``/``dtype`` describe the
-    model input and are used by :class:`~scratch_layers.model.Model` to validate it."""
+    model input and are used by :class:`~scratch_layers.engine.model.Model` to validate it."""
 
     supports_masking = True
 

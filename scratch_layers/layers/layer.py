@@ -38,7 +38,7 @@ class Layer:
     @classmethod
     def weight_shapes(cls, config):
         """The shape of each weight that ``config`` implies, checked against the file
-        before any weight is read (see :func:`scratch_layers.safety.check_weights`).
+        before any weight is read (see :func:`scratch_layers.saving.safety.check_weights`).
         A dimension may be a str symbol (equal wherever it recurs, e.g. the input
         width) and a whole shape may be None. Layers without weights return []."""
         return []
@@ -101,7 +101,7 @@ class Layer:
     # training ------------------------------------------------------------
     # ``forward_train(x, mask, ctx) -> y`` is ``forward`` that also keeps (in
     # ``self._saved``) what ``backward`` needs; ``ctx`` is a
-    # :class:`scratch_layers.training.TrainContext` (training flag, RNG).
+    # :class:`scratch_layers.training.backward.TrainContext` (training flag, RNG).
     # ``backward(dy, need_dx=True) -> (dx, grads)``: dL/dx (None when ``need_dx`` is
     # False or the input has no gradient, e.g. token ids) and dL/dw for each trainable
     # weight, in Keras order (see :meth:`trainable_flags`).

@@ -5,7 +5,7 @@ An entry looks like ``{"module": "keras.src.ops.numpy", "class_name": "Multiply"
 "config": {"name": "multiply"}, "inbound_nodes": [{"args": [<tensor>, 0.5], "kwargs": {}}]}``.
 The op's own options (``axis``, ``newshape``, ``x_min``...) are in ``config``; the call's
 arguments (tensors and constants) in ``args``/``kwargs``. :meth:`Op.split_call` binds them to
-the Keras ``call`` signature: tensors (:class:`~scratch_layers.base.TensorRef`) become the
+the Keras ``call`` signature: tensors (:class:`~scratch_layers.layers.layer.TensorRef`) become the
 node's inputs and are replaced by :class:`Slot` markers in ``options["call"]``; constants are
 decoded as data only (numbers, lists, ``__numpy__``/``__tensor__`` arrays of a numeric dtype,
 ``__slice__``, ``__ellipsis__``); anything else (``__lambda__``, ``__bytes__``...) is refused.

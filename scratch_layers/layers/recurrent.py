@@ -1,4 +1,5 @@
-"""Recurrent layers: SimpleRNN, LSTM, GRU and the Bidirectional wrapper.
+"""Recurrent layers: SimpleRNN, LSTM and GRU (Bidirectional, in :mod:`.wrappers`, uses the
+scans below).
 
 Design: every layer first computes the input projection ``x @ kernel (+ bias)``
 for all timesteps in ONE matmul (time-major, shape (T, N, G)). A cell *step

@@ -1,4 +1,5 @@
-"""Training from scratch: the loss, its gradients (backward pass) and Adam, equal to Keras.
+"""The backward walk: the loss's gradient for every weight, and one training step, equal to
+Keras (the loss is in :mod:`.loss`, Adam in :mod:`.optimizers`).
 
 * :func:`loss_and_gradients` runs the model's layers one by one (``forward_train``, never
   the fused predict plan), computes Keras' ``SparseCategoricalCrossentropy()`` and walks
