@@ -1,6 +1,5 @@
 """scratch_layers vs Keras for the transposed, depthwise and separable convolutions and the
-cropping, padding and upsampling layers, and
-DepthwiseConv2D: Conv2DTranspose/Conv1DTranspose, DepthwiseConv1D/2D (depth_multiplier),
+cropping, padding and upsampling layers: Conv2DTranspose/Conv1DTranspose, DepthwiseConv1D/2D (depth_multiplier),
 SeparableConv1D/2D, Cropping1D/2D, ZeroPadding1D, UpSampling1D/2D (nearest, bilinear).
 
 Each case builds Input -> pointwise conv -> LAYER -> Flatten -> Dense softmax with random
