@@ -14,6 +14,7 @@ from numpy.lib.stride_tricks import as_strided
 from .. import activations
 from ..blas import block_sum, for_blocks, rows_matmul, rows_matmul_tn
 from ..errors import InputError
+from ..profiling import gemm
 from .layer import Layer, positive_sizes, same_padding, valid_out
 
 
@@ -109,9 +110,9 @@ def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit
     kh, kw, _, f = kernel.shape
     ho, wo, pads = conv_geometry(x.shape, kernel.shape, strides, padding, dilation, explicit_pads)
     if _is_pointwise(kernel.shape, tuple(strides), pads):
-        return np.matmul(x.reshape(-1, c), kernel.reshape(c, f)).reshape(n, ho, wo, f)
+        return gemm(x.reshape(-1, c), kernel.reshape(c, f)).reshape(n, ho, wo, f)
     cols = im2col(x, kernel.shape, strides, dilation, pads, ho, wo)
-    y = np.matmul(cols.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, f))
+    y = gemm(cols.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, f))
     return y.reshape(n, ho, wo, f)
 
 

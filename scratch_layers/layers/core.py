@@ -4,6 +4,7 @@ import numpy as np
 
 from .. import activations
 from ..errors import InputError, NoBackwardError
+from ..profiling import gemm
 from .layer import Layer
 
 # Random augmentation layers: Keras transforms the batch with its own RNG in training mode.
@@ -103,7 +104,7 @@ class Dense(Layer):
 
     def forward(self, x, mask=None):
         self.check_last_dim(x, self.kernel.shape[0])
-        y = np.matmul(x, self.kernel)
+        y = gemm(x, self.kernel)
         if self.bias is not None:
             y += self.bias  # in place: y is a fresh array
         return self.activation(y)
