@@ -6,7 +6,7 @@
 >>> loss, grads = m.loss_and_gradients(x, y)          # aligned with trainable_weights
 >>> m.train_on_batch(x, y, scratch_layers.Adam())     # one Keras training step
 
-Never imports TensorFlow or Keras (NumPy + h5py only).
+Never imports TensorFlow or Keras (NumPy, h5py and threadpoolctl only).
 
 Layout: ``layers/`` (one module per layer family and the registry), ``engine/`` (graph,
 predict's plan and fusions, the Model), ``training/`` (loss, backward walk, optimizers),

@@ -1,13 +1,14 @@
-"""Best-effort control of the OpenBLAS thread count used by NumPy (stdlib ctypes only).
+"""Best-effort control of the BLAS thread count used by NumPy, through ``threadpoolctl``.
 
 Why: a recurrent layer does one small matmul per timestep; with a multi-threaded
 BLAS every call pays a thread hand-off, which dominates (and becomes dramatically
-slow when the CPUs are shared with other processes). We therefore run the time
-loop with one BLAS thread and restore the previous setting afterwards. If the
-OpenBLAS library cannot be found this is a no-op.
+slow when the CPUs are shared with other processes). Prediction and training also
+spread their work over their own worker threads (predict chunks, row blocks below),
+so each of those must run with one BLAS thread or the two kinds of threads
+oversubscribe the CPUs. We therefore run that work with one BLAS thread and restore
+the previous setting afterwards. If no BLAS library is found this is a no-op.
 """
 import contextlib
-import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -15,36 +16,49 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 _lock = threading.Lock()
-_funcs = None
+_init_lock = threading.Lock()
+_blas = None  # the BLAS libraries' controllers (a list, empty when none), built once
+_release = None  # gives back threadpoolctl's OpenBLAS "controlling thread" (see _set_counts)
 
 
-def _find():
-    global _funcs
-    if _funcs is not None:
-        return _funcs
-    _funcs = False
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ".so" in ln})
-    except OSError:
-        return _funcs
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
-            set_f = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            get_f = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            core_f = getattr(lib, f"{prefix}_get_corename{suffix}", None)
-            if set_f is not None and get_f is not None:
-                set_f.argtypes = [ctypes.c_int]
-                get_f.restype = ctypes.c_int
-                if core_f is not None:
-                    core_f.restype = ctypes.c_char_p
-                _funcs = (set_f, get_f, core_f)
-                return _funcs
-    return _funcs
+def _controllers():
+    """The ``threadpoolctl`` controllers of the loaded BLAS libraries (``user_api="blas"``),
+    from one ``ThreadpoolController`` built on first use and kept: building one scans the
+    loaded shared libraries, which is too slow per call. NumPy's BLAS is loaded when NumPy
+    is imported, before anything here runs, so the one scan finds it. ``threadpoolctl`` is
+    imported here, not at module level, so that importing scratch_layers does not pay for
+    it. An empty list when threadpoolctl or a BLAS library is missing."""
+    global _blas, _release
+    if _blas is not None:
+        return _blas
+    with _init_lock:
+        if _blas is None:
+            try:
+                import threadpoolctl
+            except ImportError:
+                _blas = []
+            else:
+                openblas = getattr(threadpoolctl, "OpenBLASController", None)
+                _release = getattr(openblas, "clear_controlling_thread", None)  # threadpoolctl >= 3.7
+                _blas = list(threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas
+
+
+def _set_counts(counts):
+    """Set each BLAS library's thread count (``counts`` aligned with :func:`_controllers`).
+
+    threadpoolctl (3.8) lets only one Python thread at a time set OpenBLAS's process-wide
+    count: the first thread that sets it becomes its "controlling thread", and a set from
+    any other thread is silently ignored while that one is alive. Here the first entrant
+    of :func:`blas_threads` and its last leaver may be different threads, so after each
+    change this thread gives the control back (a no-op unless it holds it); a thread of
+    someone else's that holds the control (inside its own ``threadpool_limits``) keeps it,
+    and our change is then skipped, as threadpoolctl intends."""
+    for lib, n in zip(_controllers(), counts):
+        if n is not None:
+            lib.set_num_threads(n)
+    if _release is not None:
+        _release()
 
 
 def blas_info():
@@ -54,8 +68,10 @@ def blas_info():
     forces the choice}``. A forced older core (e.g. Haswell on an AVX-512 CPU) runs the
     matmuls at about half speed; nothing here changes it, since OpenBLAS reads the
     variable only when NumPy is first imported."""
-    funcs = _find()
-    core = funcs[2]().decode("ascii", "replace") if funcs and funcs[2] is not None else None
+    openblas = [lib.info() for lib in _controllers() if lib.internal_api == "openblas"]
+    # NumPy's own OpenBLAS first, should another library have loaded one as well
+    openblas.sort(key=lambda info: "numpy" not in info["filepath"])
+    core = openblas[0].get("architecture") if openblas else None
     return {"openblas_core": core, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
 
 
@@ -66,19 +82,17 @@ _saved = None
 @contextlib.contextmanager
 def blas_threads(n):
     """Use ``n`` BLAS threads while any ``blas_threads`` block is active (no-op when
-    OpenBLAS is not found). Re-entrant and usable from several threads at once: the
+    no BLAS library is found). Re-entrant and usable from several threads at once: the
     first entrant saves and sets the count, the last leaver restores it (the lock is
     never held while the body runs)."""
     global _depth, _saved
-    funcs = _find()
-    if not funcs:
+    if not _controllers():
         yield
         return
-    set_f, get_f, _ = funcs
     with _lock:
         if _depth == 0:
-            _saved = get_f()
-            set_f(n)
+            _saved = [lib.num_threads for lib in _controllers()]
+            _set_counts([n] * len(_saved))
         _depth += 1
     try:
         yield
@@ -86,7 +100,7 @@ def blas_threads(n):
         with _lock:
             _depth -= 1
             if _depth == 0:
-                set_f(_saved)
+                _set_counts(_saved)
 
 
 # ----------------------------------------------------------------------------- row-split work
