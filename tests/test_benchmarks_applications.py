@@ -1,7 +1,15 @@
 """Forward-pass speed on graph models: ResNet50 and MobileNetV2 (``weights=None``,
-perturbed weights), 64 images of 96x96, scratch float64 and float32 against Keras
-``predict`` in one pytest run (ratios of medians; the report and README quote them).
-No timing is asserted; the outputs are checked against Keras'.
+perturbed weights), 64 images of 96x96, scratch float64 and float32 and ONNX Runtime
+against Keras ``predict`` in one pytest run (ratios of medians; recorded for the
+report's speed table, kind ``"bench"`` with ``application: true``).  No timing is
+asserted; every output is checked against Keras'.
+
+ONNX Runtime runs each model exported once per module with
+``keras_model.export(format="onnx")`` (tf2onnx, :func:`experiments.onnx_export.export_model`:
+these graphs hold no augmentation layer, so they are exported as they are), on the CPU
+provider with default session options: ``intra_op_num_threads=0``, ONNX Runtime's own
+pool of one thread per physical core (2 on the 2-core development machine), nodes run
+sequentially.  A model whose export fails is skipped with the exporter's message.
 
 Also the memory of ResNet50's predict: the peak of NumPy's allocations (tracemalloc)
 above the input, held under a bound and flat in the batch size, as the study CNN's is."""
@@ -13,12 +21,16 @@ import numpy as np
 import pytest
 
 import scratch_layers
+from experiments.report.records import record
 from keras_factories import keras, randomize_weights
 from scratch_layers.verify.keras import ATOL, KERAS_BATCH, RTOL
+from test_scratch_applications import _unsaturate
 from test_scratch_errors import _peak_extra
 
 N_IMAGES, SIZE = 64, 96
 MODELS = ["ResNet50", "MobileNetV2"]
+INPUTS = f"{N_IMAGES} random images of {SIZE}x{SIZE}"
+IMPLS = ["keras", "scratch", "scratch_float32", "onnxruntime"]
 # ResNet50 predict's peak above the input (float64, two workers): 19.0 MiB measured on
 # 2026-12-02 for 32 and 128 images;
 # the test allows 25% more and fails with a chunk or a tensor held twice as long
@@ -26,21 +38,27 @@ RESNET50_PEAK_BOUND_MIB = 24
 
 
 @pytest.fixture(scope="module")
-def application_files(tmp_path_factory):
+def images():
+    """Uniform in [-1, 1]: the preprocessed range both models expect (pixels in [0, 255]
+    with random weights gave a one-hot softmax, which any output would match)."""
+    return np.random.default_rng(0).uniform(-1, 1, (N_IMAGES, SIZE, SIZE, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def application_files(tmp_path_factory, images):
+    """Each model with perturbed weights and its classifier scaled so the logits have SD 2
+    on the images (``_unsaturate``): the outputs are probabilities, not one-hot, so the
+    output checks below compare something."""
     k = keras()
     folder = tmp_path_factory.mktemp("apps")
     paths = {}
     for name in MODELS:
         model = getattr(k.applications, name)(weights=None, input_shape=(SIZE, SIZE, 3), classes=10)
         randomize_weights(model, seed=2)
+        _unsaturate(k, model, images[:16])
         paths[name] = folder / f"{name}.keras"
         model.save(paths[name])
     return paths
-
-
-@pytest.fixture(scope="module")
-def images():
-    return np.random.default_rng(0).uniform(0, 255, (N_IMAGES, SIZE, SIZE, 3)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +73,47 @@ def references(keras_models, images):
     return {name: m.predict(images, batch_size=KERAS_BATCH, verbose=0) for name, m in keras_models.items()}
 
 
+@pytest.fixture(scope="module")
+def onnx_models(application_files, tmp_path_factory):
+    """``get(name)``: the saved model exported to ONNX (once per module, on first use) in
+    an ONNX Runtime session; skips the test with the exporter's message if it fails."""
+    pytest.importorskip("onnxruntime")
+    from experiments.onnx_export import OrtModel, export_model
+    folder = tmp_path_factory.mktemp("onnx")
+    done = {}
+
+    def get(name):
+        if name not in done:
+            try:  # a fresh load: the Keras model being timed is not traced again
+                model = keras().saving.load_model(application_files[name])
+                done[name] = OrtModel(export_model(model, folder / f"{name}.onnx"))
+            except Exception as exc:  # noqa: BLE001 -- tf2onnx raises many kinds
+                done[name] = f"ONNX export of {name} failed: {type(exc).__name__}: {exc}"
+        if isinstance(done[name], str):
+            pytest.skip(done[name])
+        return done[name]
+    return get
+
+
+def _record(benchmark, request, name, impl):
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        s = benchmark.stats.stats
+        record(request, "bench", family=name, application=True, impl=impl, model=name, inputs=INPUTS,
+               n_items=N_IMAGES, mean=s.mean, median=s.median, min=s.min, rounds=s.rounds)
+
+
 @pytest.mark.bench
 @pytest.mark.applications
-@pytest.mark.parametrize("impl", ["keras", "scratch", "scratch_float32"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", MODELS)
 def test_application_forward_speed(benchmark, application_files, keras_models, references, images,
-                                   name, impl):
+                                   name, impl, request):
     ref = references[name]
     if impl == "keras":
         fn = lambda: keras_models[name].predict(images, batch_size=KERAS_BATCH, verbose=0)  # noqa: E731
+    elif impl == "onnxruntime":
+        ort_model = request.getfixturevalue("onnx_models")(name)
+        fn = lambda: ort_model.predict(images)  # noqa: E731
     else:
         sm = scratch_layers.load_model(application_files[name],
                                        dtype="float32" if impl == "scratch_float32" else "float64")
@@ -71,7 +121,11 @@ def test_application_forward_speed(benchmark, application_files, keras_models, r
     benchmark.group = f"{name}: forward pass over {N_IMAGES} images of {SIZE}x{SIZE}"
     benchmark.extra_info.update(model=name, impl=impl, n_items=N_IMAGES)
     out = benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
-    assert np.allclose(out, ref, atol=ATOL, rtol=RTOL), float(np.abs(out - ref).max())
+    assert ref.max() < 0.999, f"{name}: saturated softmax {ref.max()}, a trivial check"
+    diff = float(np.abs(out - ref).max())
+    print(f"{name} {impl}: max |p - p_keras| {diff:.2e} on {N_IMAGES} images")
+    assert np.allclose(out, ref, atol=ATOL, rtol=RTOL), f"{impl}: max |p - p_keras| {diff:.3g}"
+    _record(benchmark, request, name, impl)
 
 
 @pytest.mark.applications

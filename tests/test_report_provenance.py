@@ -57,3 +57,27 @@ def test_speed_ratios_are_ratios_of_medians():
     summary = speed_summary([keras, scratch, fast])
     assert "<b>1.50×</b>" in summary and "<b>0.50×</b>" in summary
     assert ratio(scratch, None) == "n/a"
+
+
+def test_speed_table_has_the_application_rows_after_the_families():
+    """The keras.applications benchmarks (``application: true``, ``family`` the model's
+    name) are rows of the speed summary after the study families, with the same columns:
+    Keras' median and the scratch and ONNX Runtime ratios."""
+    from experiments.report.sections.benchmarks import benchmark_section, speed_summary
+    bench = []
+    for fam, keras_s, extra in (("ResNet50", 2.0, {"application": True, "inputs": "64 random images of 96x96"}),
+                                ("cnn", 4.0, {})):
+        for impl, r in (("keras", 1.0), ("scratch", 1.5), ("scratch_float32", 0.75), ("onnxruntime", 0.25)):
+            t = keras_s * r
+            bench.append({"family": fam, "impl": impl, "model": fam, "n_items": 64, "mean": t, "median": t,
+                          "min": t, "rounds": 5, **extra})
+    summary = speed_summary(bench)
+    assert "Keras median" in summary and "ONNX Runtime" in summary
+    cnn = summary.index("cnn: forward pass, test split")
+    resnet = summary.index("ResNet50 (keras.applications): forward pass, 64 random images of 96x96")
+    assert cnn < resnet
+    row = summary[resnet:].split("</tr>")[0]
+    assert all(cell in row for cell in ("2 s", "<b>1.50×</b>", "<b>0.75×</b>", "<b>0.25×</b>")), row
+    section = benchmark_section(bench)
+    assert "keras.applications" in section and section.index("cnn") < section.index("ResNet50")
+    assert "keras.applications" not in benchmark_section([b for b in bench if b["family"] == "cnn"])
