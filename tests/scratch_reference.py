@@ -38,6 +38,35 @@ def conv2d_ref(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1)):
     return y
 
 
+def depthwise_conv2d_ref(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1)):
+    """Depthwise: input channel ch convolved with its own kernel[..., ch, m], written to
+    output channel ch*M + m (TF's order); explicit loops, zero padding skipped."""
+    n, h, w, c = x.shape
+    kh, kw, _, mult = kernel.shape
+    sh, sw = strides
+    dh, dw = dilation
+    if padding == "same":
+        ho, pt = same_pads(h, kh, sh, dh)
+        wo, pl = same_pads(w, kw, sw, dw)
+    else:
+        ho = (h - (kh - 1) * dh - 1) // sh + 1
+        wo = (w - (kw - 1) * dw - 1) // sw + 1
+        pt = pl = 0
+    y = np.zeros((n, ho, wo, c * mult))
+    for b in range(n):
+        for i in range(ho):
+            for j in range(wo):
+                for a in range(kh):
+                    for e in range(kw):
+                        r = i * sh + a * dh - pt
+                        q = j * sw + e * dw - pl
+                        if 0 <= r < h and 0 <= q < w:
+                            for ch in range(c):
+                                for o in range(mult):
+                                    y[b, i, j, ch * mult + o] += x[b, r, q, ch] * kernel[a, e, ch, o]
+    return y
+
+
 def _pool_windows(x_shape, pool, strides, padding):
     """Output size and, per output cell (i, j), the real (non-pad) input cells of its
     window in row-major order."""

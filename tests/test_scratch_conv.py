@@ -328,23 +328,46 @@ def test_conv_maxpool_fusion(conv_kw, pool_kw, tmp_path, record_property):
     np.testing.assert_allclose(list(inter.values())[-1], sm.predict(x), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("bias,relu,pool", [(False, True, "max"), (True, True, "avg"), (False, False, "max")],
-                         ids=["nobias-relu-max", "bias-relu-avg", "nobias-norelu-max"])
+@pytest.mark.parametrize("bias,relu,pool", [(False, "plain", "max"), (True, "plain", "avg"),
+                                            (False, "clipped", "max"), (True, "threshold", "max")],
+                         ids=["nobias-relu-max", "bias-relu-avg", "nobias-relu1.5-max",
+                              "bias-threshold-max"])
 def test_conv_batchnorm_relu_folding(bias, relu, pool, tmp_path, record_property):
-    """predict() folds Conv2D -> BatchNormalization [-> ReLU] into one conv: equal to Keras,
-    and to the unfused layer-by-layer path to float64 rounding; a ReLU with options is
-    not folded."""
+    """predict() folds Conv2D -> BatchNormalization [-> ReLU, plain or clipped] into one conv:
+    equal to Keras, and to the unfused layer-by-layer path to float64 rounding; a ReLU
+    with a threshold is not folded. Only a plain ReLU then pools before its bias and relu
+    (the fused Conv2D -> MaxPooling2D pair)."""
     k = keras()
     L = k.layers
     layers = [k.Input((10, 8, 3)), L.Conv2D(5, 3, padding="same", use_bias=bias), L.BatchNormalization()]
-    layers += [L.ReLU()] if relu else [L.ReLU(max_value=1.5)]
+    layers += [{"plain": L.ReLU(), "clipped": L.ReLU(max_value=1.5),
+                "threshold": L.ReLU(threshold=0.2)}[relu]]
     layers += [L.MaxPooling2D() if pool == "max" else L.AveragePooling2D(2), L.Flatten()]
     x = images(7, 10, 8, 3)
     sm, _ = check_model(k.Sequential(layers), x, tmp_path, record_property)
     convs = [getattr(step[0], "conv", step[0]) for step in sm._plan]  # a fused pair holds its conv
     folded = [c for c in convs if type(c).__name__ == "Conv2D"]
     assert folded and folded[0] is not sm.layers[0], "conv and batch norm are folded"
-    assert len(sm._plan) == (3 if relu else 4) - (relu and pool == "max")
+    assert len(sm._plan) == (4 if relu == "threshold" else 3) - (relu == "plain" and pool == "max")
+    inter = list(sm.intermediate_outputs(x).values())[-1]
+    np.testing.assert_allclose(sm.predict(x), inter, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("pool", ["none", "max"])
+def test_zero_padding_absorbed_by_the_following_conv(pool, tmp_path, record_property):
+    """ZeroPadding2D -> a 'valid' Conv2D (ResNet50's stem: asymmetric pads, stride 2) runs as
+    one step that pads inside its patches: equal to Keras and to the unfused path; a
+    'same' conv after the padding keeps its own step."""
+    k = keras()
+    L = k.layers
+    layers = [k.Input((11, 9, 3)), L.ZeroPadding2D(((1, 2), (3, 0))),
+              L.Conv2D(4, 3, strides=2, padding="valid", activation="relu")]
+    layers += [L.MaxPooling2D()] if pool == "max" else []
+    layers += [L.ZeroPadding2D(1), L.Conv2D(3, 3, padding="same"), L.Flatten()]
+    x = images(5, 11, 9, 3)
+    sm, _ = check_model(k.Sequential(layers), x, tmp_path, record_property)
+    assert [step[0].class_name for step in sm._plan] == \
+        ["Conv2D+MaxPooling2D" if pool == "max" else "Conv2D", "ZeroPadding2D", "Conv2D", "Flatten"]
     inter = list(sm.intermediate_outputs(x).values())[-1]
     np.testing.assert_allclose(sm.predict(x), inter, rtol=1e-13, atol=1e-13)
 

@@ -4,7 +4,7 @@ and one generic loop over the plan's steps.
 A *step* reads tensor ids and writes one. Most steps are one node. Where an intermediate
 tensor has a single consumer (and is not a model output) predict fuses: it asks the layer
 whether it can absorb the consumer (``Layer.absorb``: Conv2D -> BatchNormalization ->
-ReLU folds into one Conv2D), then whether the two make a fused pair
+ReLU folds into one Conv2D, Add -> ReLU into one Add), then whether the two make a fused pair
 (:mod:`scratch_layers.engine.fusions`). The engine names no layer class.
 
 After each step, every tensor whose last reader has run is freed, so a chunk holds only
@@ -48,11 +48,13 @@ def plan_steps(graph, fuse=True):
         if i in done:
             continue
         layer, chain = node.layer, [i]
-        while fuse and not getattr(layer, "multi_input", False):
+        while fuse:
             nxt = sole_consumer(chain[-1])
             if nxt is None:
                 break
-            fused = layer.absorb(nodes[nxt].layer) or fuse_pair(layer, nodes[nxt].layer)
+            fused = layer.absorb(nodes[nxt].layer)
+            if fused is None and not getattr(layer, "multi_input", False):
+                fused = fuse_pair(layer, nodes[nxt].layer)
             if fused is None:
                 break
             layer = fused

@@ -68,9 +68,11 @@ class ConvMaxPool(FusedPair):
         conv = self.conv
 
         def block(xs):
-            return pool2d(conv.convolve(xs), self.pool, self.strides, self.padding, "max")
+            y = conv.convolve_max_pooled(xs, self.pool, self.strides)
+            return y if y is not None else pool2d(conv.convolve(xs), self.pool, self.strides, self.padding, "max")
         conv.check_rank(x, 4, "image batch (N, H, W, C)")
-        ho, wo, _ = conv_geometry(x.shape, conv.kernel.shape, conv.strides, conv.padding, conv.dilation)
+        ho, wo, _ = conv_geometry(x.shape, conv.kernel.shape, conv.strides, conv.padding, conv.dilation,
+                                  conv.explicit_pads)
         per = max(1, CONV_BLOCK_BYTES // (ho * wo * conv.kernel[..., 0].size * x.dtype.itemsize))
         if len(x) <= per:
             return block(x)

@@ -1,10 +1,51 @@
-"""Activation layers: ``Activation``, ``ReLU``, ``LeakyReLU``, ``ELU``, ``Softmax``, ``PReLU``."""
+"""Activation layers: ``Activation``, ``ReLU``, ``LeakyReLU``, ``ELU``, ``Softmax``, ``PReLU``,
+and the in-place relu / clipped relu a convolution applies after absorbing one of them."""
+import math
+
 import numpy as np
 
 from .. import activations
 from ..blas import for_blocks
 from ..errors import InputError
 from .layer import KeepsInputOutput, Layer, axis_list
+
+
+class ClippedReLU:
+    """min(max(y, 0), ceiling) written INTO ``y``: the activation of a convolution that absorbed
+    a following ReLU clipped at ``ceiling`` (:meth:`Layer.relu_ceiling`: ReLU(max_value=6),
+    Activation('relu6')), applied to the convolution's own fresh output. Its values are those
+    of :func:`activations.relu` with that max_value and of :func:`activations.relu6` (the
+    same clip; NaN stays NaN)."""
+
+    def __init__(self, ceiling):
+        self.ceiling = float(ceiling)  # a Python float keeps float32 arrays float32
+
+    def __call__(self, y):
+        return np.clip(y, 0.0, self.ceiling, out=y)
+
+    def __repr__(self):
+        return f"ClippedReLU({self.ceiling})"
+
+
+def _relu_in_place(y):
+    return np.maximum(y, 0.0, out=y)
+
+
+def _identity(y):
+    return y
+
+
+def in_place(activation):
+    """``f(y) -> y`` that applies ``activation`` to ``y`` in place, for the activations a
+    convolution applies within its own pass (linear, relu, :class:`ClippedReLU`); None for
+    any other (apply it afterwards)."""
+    if activation is activations.linear:
+        return _identity
+    if activation is activations.relu:
+        return _relu_in_place
+    if isinstance(activation, ClippedReLU):
+        return activation
+    return None
 
 
 class ElementwiseBackward(KeepsInputOutput):
@@ -19,8 +60,8 @@ class ElementwiseBackward(KeepsInputOutput):
 class Activation(ElementwiseBackward, Layer):
     supports_masking = True
 
-    def is_plain_relu(self):
-        return self.fn is activations.relu
+    def relu_ceiling(self):
+        return {activations.relu: math.inf, activations.relu6: 6.0}.get(self.fn)
 
     def local_grad(self, x, y, dy):
         return activations.backward(self.fn, x, y, dy, f"Activation layer '{self.name}'")
@@ -43,8 +84,14 @@ class ReLU(ElementwiseBackward, Layer):
     def _plain(self):
         return self.negative_slope == 0.0 and self.threshold == 0.0 and self.max_value is None
 
-    def is_plain_relu(self):
-        return self._plain()
+    def relu_ceiling(self):
+        """Keras computes relu6 (max_value 6) or relu then clip(0, max_value): with
+        negative_slope and threshold 0 both are min(max(x, 0), max_value)."""
+        if self.negative_slope != 0.0 or self.threshold != 0.0:
+            return None
+        if self.max_value is None:
+            return math.inf
+        return self.max_value if self.max_value >= 0.0 else None
 
     def forward_train(self, x, mask, ctx):
         if not self._plain():

@@ -7,6 +7,7 @@ loop runs kh*kw times, never over pixels or samples) and multiplied with the
 kernel reshaped to ``(kh*kw*C, F)`` in a single BLAS matmul.
 """
 import copy
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -14,7 +15,10 @@ from numpy.lib.stride_tricks import as_strided
 from .. import activations
 from ..blas import block_sum, for_blocks, rows_matmul, rows_matmul_tn
 from ..errors import InputError
+from .. import workspace
 from ..profiling import gemm
+from . import winograd
+from .activation import ClippedReLU, in_place
 from .layer import Layer, positive_sizes, same_padding, valid_out
 
 
@@ -73,6 +77,25 @@ def im2col(x, k_shape, strides, dilation, pads, ho, wo, out=None):
     return out
 
 
+def im2col_pool_offsets(x, k_shape, strides, dilation, pads, pool, hp, wp, out):
+    """The patches of the convolution outputs a max pool of size and stride ``pool``
+    (ph, pw) reads, grouped by pool offset: ``out`` (ph, pw, N, hp, wp, kh, kw, C) holds at
+    [p, q, n, i, j] the patch of output (i*ph + p, j*pw + q). One GEMM then gives the
+    ph*pw outputs of every window as contiguous row blocks, so the pool is a running
+    maximum over ph*pw contiguous arrays. One strided copy, as :func:`im2col`."""
+    n, _, _, c = x.shape
+    kh, kw = k_shape[:2]
+    ph, pw = pool
+    xp = pad2d(x, pads)
+    s0, s1, s2, s3 = xp.strides
+    sh, sw = strides
+    view = as_strided(xp, (ph, pw, n, hp, wp, kh, kw, c),
+                      (s1 * sh, s2 * sw, s0, s1 * sh * ph, s2 * sw * pw, s1 * dilation[0],
+                       s2 * dilation[1], s3), writeable=False)
+    np.copyto(out, view)
+    return out
+
+
 def col2im(dz, kernel, x_shape, strides, dilation, pads):
     """dL/dx of a convolution, the adjoint of :func:`im2col` applied to dcols = dz K^T:
     dx[n, i*sh + a*dh - pt, j*sw + b*dw - pl, :] += dz[n, i, j, :] @ K[a, b]^T.
@@ -117,8 +140,11 @@ def conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), explicit
 
 
 def depthwise_geometry(x_shape, k_shape, strides, padding, dilation):
-    """``(ho, wo, pads)`` of a depthwise convolution (the same as :func:`conv_geometry`)."""
-    return conv_geometry(x_shape, k_shape, strides, padding, dilation)
+    """``(ho, wo, pads)`` of a depthwise convolution (the same as :func:`conv_geometry`);
+    ``padding`` is 'valid', 'same' or explicit ((top, bottom), (left, right)) zero pads."""
+    if isinstance(padding, str):
+        return conv_geometry(x_shape, k_shape, strides, padding, dilation)
+    return conv_geometry(x_shape, k_shape, strides, "valid", dilation, explicit_pads=padding)
 
 
 def _offset_slab(a, b, strides, dilation, ho, wo):
@@ -129,32 +155,146 @@ def _offset_slab(a, b, strides, dilation, ho, wo):
             slice(b * dw, b * dw + (wo - 1) * sw + 1, sw))
 
 
-def depthwise_conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1)):
+# A tile of the depthwise convolution: its output rows and the input rows they read take
+# about this many bytes (the L2 cache of one core on the benchmark machine), so the copy,
+# the taps, the bias and the activation pass over data still in cache, and the input buffer
+# stays this small however large the chunk. MobileNetV2's predict (64 images of 96x96,
+# chunks of 4, two workers) took 25% longer with 256 KiB tiles (Python per tile), 2% with
+# 1 MiB, and the same from 2 MiB up to untiled chunks.
+DEPTHWISE_TILE_BYTES = 2 ** 21
+
+
+def _valid_range(offset, stride, size, out):
+    """The outputs i in [lo, hi) whose input index i*stride + offset lies in [0, size)."""
+    lo = min(out, max(0, -(-(-offset) // stride)))
+    hi = max(lo, min(out, (size - 1 - offset) // stride + 1))
+    return lo, hi
+
+
+def depthwise_conv2d(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1), bias=None,
+                     activation=None):
     """Depthwise 2-D convolution as TF computes it: x (N, H, W, C), kernel (kh, kw, C, M)
     -> (N, Ho, Wo, C*M), output channel c*M + m:
-    y[n, i, j, c, m] = sum_{a,b} xpad[n, i*sh + a*dh, j*sw + b*dw, c] * kernel[a, b, c, m].
-    One broadcast multiply-add per kernel offset. Returns (y, xpad)."""
-    n = x.shape[0]
-    kh, kw, c, m = kernel.shape
-    ho, wo, pads = depthwise_geometry(x.shape, kernel.shape, strides, padding, dilation)
-    xp = pad2d(x, pads)
-    y = np.zeros((n, ho, wo, c, m), np.result_type(x, kernel))
-    for a in range(kh):
+    y[n, i, j, c, m] = sum_{a,b} xpad[n, i*sh + a*dh, j*sw + b*dw, c] * kernel[a, b, c, m]
+    (+ ``bias``[c*M + m], then ``activation``; both optional). ``padding``: see
+    :func:`depthwise_geometry`.
+
+    It runs in tiles of output rows (whole images, several of them, when an image is
+    small) of about :data:`DEPTHWISE_TILE_BYTES`. A tile's input rows are copied once into
+    a reused buffer (:mod:`scratch_layers.workspace`) that holds their zero padding, each
+    channel M times, and, for a column stride sw > 1, the kw columns each output reads side
+    by side (``rows[q, b, j] = xpad[q, j*sw + b*dw]``). With the kernel tiled along an
+    output row (``K[a, b, (j, c, m)] = kernel[a, b, c, m]``) the tile is ONE einsum over a
+    strided view: out[n, i, l] = sum_{a,b} rows[n, i*sh + a*dh, b, l] * K[a, b, l] with
+    l = (j, c, m), whose inner run is a whole output row (numpy's sum-of-products loop: the
+    kh*kw multiply-adds in one pass, accumulated in the output, no temporary per tap).
+    The bias and a relu or clipped relu (:func:`~scratch_layers.layers.activation.in_place`)
+    are applied to the tile in place while it is in cache; any other activation afterwards.
+    The loops run over tiles and the kw kernel columns, never over pixels or samples."""
+    n, h, w, c = x.shape
+    kh, kw, _, m = kernel.shape
+    ho, wo, ((pt, _), (pl, pr)) = depthwise_geometry(x.shape, kernel.shape, strides, padding, dilation)
+    (sh, sw), (dh, dw) = strides, dilation
+    dtype = np.result_type(x, kernel)
+    size = dtype.itemsize
+    cm = c * m
+    row = wo * cm  # one output row: the einsum's inner run
+    taps = np.empty((kh, kw, wo, cm), dtype)
+    taps[...] = kernel.reshape(kh, kw, 1, cm)
+    taps = taps.reshape(kh, kw, row)
+    bias_row = None
+    if bias is not None:
+        bias_row = np.empty((wo, cm), dtype)
+        bias_row[...] = bias
+        bias_row = bias_row.reshape(row)
+    epilogue = None if activation is None else in_place(activation)
+    y = np.empty((n, ho, wo, cm), dtype)
+
+    gather = sw > 1  # the buffer holds the kw column sets side by side
+    width = kw * wo if gather else w + pl + pr  # buffer row, in pixels
+    reach = (kh - 1) * dh + 1  # input rows one output row reads
+
+    def rows_for(r):
+        return (r - 1) * sh + reach
+    image_bytes = (ho * row + rows_for(ho) * width * cm) * size
+    if image_bytes <= DEPTHWISE_TILE_BYTES:
+        images, r = max(1, min(n, DEPTHWISE_TILE_BYTES // image_bytes)), ho
+    else:
+        images = 1
+        r = (DEPTHWISE_TILE_BYTES // size - (reach - sh) * width * cm) // (row + sh * width * cm)
+        r = int(min(ho, max(1, r)))
+    buf = workspace.buffer("depthwise_rows", (images, rows_for(r), width, cm), dtype)
+    # the pad columns (or, gathered, the outputs whose column b falls in the padding) are
+    # the same in every tile: zeroed once per call
+    shifts = []  # (set b, set b - sw): gathered, set b is set b - sw one column on
+    if gather:
+        col_runs = []
         for b in range(kw):
-            patch = xp[_offset_slab(a, b, strides, dilation, ho, wo)]
-            y += patch[..., None] * kernel[a, b]
-    return y.reshape(n, ho, wo, c * m), xp
+            lo, hi = _valid_range(b * dw - pl, sw, w, wo)
+            buf[:, :, b * wo:b * wo + lo] = 0
+            buf[:, :, b * wo + hi:(b + 1) * wo] = 0
+            if b >= sw and dw == 1:
+                # rows[b, j] = rows[b - sw, j + 1] (the same input column, or both padding):
+                # one contiguous copy per row instead of a gather of C-long runs; only the
+                # last column comes from the input
+                shifts.append((slice(b * wo, (b + 1) * wo - 1), slice((b - sw) * wo + 1, (b - sw + 1) * wo)))
+                lo = max(lo, wo - 1)
+            src = slice(lo * sw + b * dw - pl, (hi - 1) * sw + b * dw - pl + 1, sw)
+            if hi > lo:
+                col_runs.append((slice(b * wo + lo, b * wo + hi), src))
+        col_stride = wo * cm * size
+    else:
+        buf[:, :, :pl] = 0
+        buf[:, :, pl + w:] = 0
+        col_runs = [(slice(pl, pl + w), slice(None))]
+        col_stride = dw * cm * size
+    rs = width * cm * size  # buffer row stride, bytes
+    view_strides = (buf.strides[0], sh * rs, dh * rs, col_stride, size)
+
+    for n0 in range(0, n, images):
+        nb = min(images, n - n0)
+        for i0 in range(0, ho, r):
+            rt = min(r, ho - i0)
+            top = i0 * sh - pt  # input row of the tile's first buffer row
+            q_lo, q_hi = _valid_range(top, 1, h, rows_for(rt))
+            if q_lo:
+                buf[:nb, :q_lo] = 0
+            if q_hi < rows_for(rt):
+                buf[:nb, q_hi:rows_for(rt)] = 0
+            if q_hi > q_lo:
+                src_rows = x[n0:n0 + nb, top + q_lo:top + q_hi]
+                for dst_cols, src_cols in col_runs:
+                    dst = buf[:nb, q_lo:q_hi, dst_cols]
+                    src = src_rows[:, :, src_cols]
+                    if m == 1:
+                        np.copyto(dst, src)
+                    else:  # channel c repeated M times: output channels c*M + m
+                        np.copyto(dst.reshape(dst.shape[:-1] + (c, m)), src[..., None])
+                for dst_cols, src_cols in shifts:
+                    np.copyto(buf[:nb, q_lo:q_hi, dst_cols], buf[:nb, q_lo:q_hi, src_cols])
+            view = np.ndarray((nb, rt, kh, kw, row), dtype, buffer=buf, strides=view_strides)
+            out = y[n0:n0 + nb, i0:i0 + rt].reshape(nb, rt, row)
+            np.einsum("niabl,abl->nil", view, taps, out=out)
+            if bias_row is not None:
+                np.add(out, bias_row, out=out)
+            if epilogue is not None:
+                epilogue(out)
+    if activation is not None and epilogue is None:
+        y = activation(y)
+    return y
 
 
-def depthwise_conv2d_backward(xp, x_shape, kernel, dz, strides, padding, dilation, need_dx=True):
-    """Gradients of :func:`depthwise_conv2d` (``xp`` its padded input, ``dz`` dL/dy as
+def depthwise_conv2d_backward(x, kernel, dz, strides, padding, dilation, need_dx=True):
+    """Gradients of :func:`depthwise_conv2d` (``x`` its input, ``dz`` dL/dy as
     (N, Ho, Wo, C*M)): per kernel offset (a, b), with the slab P = xpad[:, a*dh::sh, b*dw::sw]
     (ho x wo), dK[a, b, c, m] = sum_{n,i,j} P[n, i, j, c] dz[n, i, j, c, m] and
     dxpad[slab] += sum_m dz[..., c, m] K[a, b, c, m]; the pads are cut from dxpad.
     Returns (dK, dx or None)."""
-    n, h, w, c = x_shape
+    n, h, w, c = x.shape
     kh, kw, _, m = kernel.shape
-    ho, wo, ((pt, _), (pl, _)) = depthwise_geometry(x_shape, kernel.shape, strides, padding, dilation)
+    ho, wo, pads = depthwise_geometry(x.shape, kernel.shape, strides, padding, dilation)
+    ((pt, _), (pl, _)) = pads
+    xp = pad2d(x, pads)
     dz5 = dz.reshape(n, ho, wo, c, m)
     dk = np.empty(kernel.shape, dz.dtype)
     dxp = np.zeros(xp.shape, dz.dtype) if need_dx else None
@@ -175,7 +315,9 @@ def depthwise_conv2d_backward(xp, x_shape, kernel, dz, strides, padding, dilatio
 class AbsorbsAffine:
     """Conv2D and DepthwiseConv2D, while linear, absorb a following per-channel affine layer
     (BatchNormalization at inference), ``conv(x, W) * mul + add == conv(x, W * mul) + add``
-    per output channel (to float64 rounding, ~1e-16 relative), and a following plain ReLU.
+    per output channel (to float64 rounding, ~1e-16 relative), and a following ReLU, plain or
+    clipped (``Layer.relu_ceiling``: ReLU(max_value=6), Activation('relu6')), which the fused
+    layer applies in place to its own output (``activations.relu``, :class:`ClippedReLU`).
     ``output_channel_dims``: the kernel's trailing axes that make the output channel (a
     depthwise kernel (kh, kw, C, M) has output channel c*M + m)."""
 
@@ -185,9 +327,10 @@ class AbsorbsAffine:
     def absorb(self, following):
         if not self.absorbs_following or self.activation is not activations.linear:
             return None
-        if following.is_plain_relu():
+        ceiling = following.relu_ceiling()
+        if ceiling is not None:
             fused = copy.copy(self)
-            fused.activation = activations.relu
+            fused.activation = activations.relu if ceiling == math.inf else ClippedReLU(ceiling)
             return fused
         affine = following.channel_affine(4)
         dims = self.kernel.shape[-self.output_channel_dims:]
@@ -247,9 +390,81 @@ class Conv2D(AbsorbsAffine, Layer):
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
 
     def convolve(self, x):
+        """conv2d(x, kernel) without bias and activation: Winograd where it pays
+        (:meth:`winograd_tile`), else im2col and one GEMM."""
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         self.check_last_dim(x, self.kernel.shape[2])
-        return conv2d(x, self.kernel, self.strides, self.padding, self.dilation)
+        ho, wo, pads = conv_geometry(x.shape, self.kernel.shape, self.strides, self.padding, self.dilation,
+                                     self.explicit_pads)
+        m = self.winograd_tile(x.dtype, ho, wo)
+        if m is not None:
+            return winograd.winograd_conv2d(x, self._winograd_kernel(m, x.dtype), m, pads, ho, wo)
+        return conv2d(x, self.kernel, self.strides, self.padding, self.dilation, self.explicit_pads)
+
+    explicit_pads = None  # set on the copy that absorbed a ZeroPadding2D (predict's plan)
+
+    def absorb_zero_padding(self, pads):
+        """This convolution on its input zero-padded by ``pads`` (a ZeroPadding2D before
+        it), as one layer that pads inside im2col or Winograd; only for 'valid' padding
+        (TF's 'same' pads depend on the padded size)."""
+        if type(self).convolve is not Conv2D.convolve or self.padding != "valid" or self.explicit_pads:
+            return None
+        fused = copy.copy(self)
+        fused.explicit_pads = tuple(tuple(int(v) for v in p) for p in pads)
+        return fused
+
+    def convolve_max_pooled(self, x, pool, pool_strides):
+        """max_pool(convolve(x)) for a max pool of size ``pool`` whose stride equals its size
+        and whose windows tile the output exactly (so 'same' pads nothing); None when the
+        pool is not of that kind. The pool never sees the full-size output: Winograd takes
+        it inside each tile, im2col orders the patches by pool offset
+        (:func:`im2col_pool_offsets`) so it is a maximum over contiguous GEMM blocks."""
+        self.check_rank(x, 4, "image batch (N, H, W, C)")
+        self.check_last_dim(x, self.kernel.shape[2])
+        k = self.kernel
+        ho, wo, pads = conv_geometry(x.shape, k.shape, self.strides, self.padding, self.dilation,
+                                     self.explicit_pads)
+        ph, pw = pool
+        if tuple(pool) != tuple(pool_strides) or ho % ph or wo % pw:
+            return None
+        m = self.winograd_tile(x.dtype, ho, wo)
+        if m is not None and winograd.pools_in_tiles(m, ho, wo, pool, pool_strides, "valid"):
+            return winograd.winograd_conv2d(x, self._winograd_kernel(m, x.dtype), m, pads, ho, wo, pool)
+        n, f = len(x), k.shape[-1]
+        hp, wp = ho // ph, wo // pw
+        cols = workspace.buffer("conv_a", (ph, pw, n, hp, wp) + k.shape[:3], x.dtype)
+        im2col_pool_offsets(x, k.shape, self.strides, self.dilation, pads, pool, hp, wp, cols)
+        y = gemm(cols.reshape(-1, k[..., 0].size), k.reshape(-1, f),
+                 out=workspace.buffer("conv_b", (ph * pw * n * hp * wp, f), x.dtype))
+        y = y.reshape(ph * pw, n * hp * wp, f)
+        out = np.fmax(y[0], y[1]) if len(y) > 1 else y[0].copy()
+        for other in y[2:]:
+            np.fmax(out, other, out=out)
+        return out.reshape(n, hp, wp, f)
+
+    # Winograd pays from this many input channels on (measured on 2-core Xeon, see
+    # docs/speed.md); below, its transforms cost more than the GEMM they save
+    WINOGRAD_MIN_CHANNELS = 32
+
+    def winograd_tile(self, dtype, ho, wo):
+        """The Winograd tile m for this convolution (3x3 kernel, stride 1, no dilation,
+        enough channels), or None for im2col."""
+        k = self.kernel
+        if (k.shape[:2] != (3, 3) or tuple(self.strides) != (1, 1) or tuple(self.dilation) != (1, 1)
+                or k.shape[2] < self.WINOGRAD_MIN_CHANNELS):
+            return None
+        return winograd.choose_tile(ho, wo)
+
+    def _winograd_kernel(self, m, dtype):
+        """U = G g G^T of this layer's current kernel, cached per (m, dtype) (recomputed
+        when the kernel array is replaced, e.g. by absorbing a BatchNormalization)."""
+        cache = self.__dict__.get("_winograd_cache")
+        if cache is None or cache[0] is not self.kernel:
+            cache = self._winograd_cache = (self.kernel, {})
+        key = (m, np.dtype(dtype))
+        if key not in cache[1]:
+            cache[1][key] = winograd.transform_kernel(self.kernel, m, dtype)
+        return cache[1][key]
 
     def forward(self, x, mask=None):
         y = self.convolve(x)
@@ -332,25 +547,23 @@ class GroupedConv2D(Conv2D):
     def convolve(self, x):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         self.check_last_dim(x, self.groups)
-        return depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation)[0]
+        return depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation)
 
     def forward_train(self, x, mask, ctx):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         self.check_last_dim(x, self.groups)
-        z, xp = depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation)
-        if self.bias is not None:
-            z += self.bias
+        z = depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation, self.bias)
         y = self.activation(z)
-        self._saved = (x.shape, xp, z, y)
+        self._saved = (x, z, y)
         return y
 
     def backward(self, dy, need_dx=True, wrt_preactivation=False):
-        x_shape, xp, z, y = self._saved
+        x, z, y = self._saved
         dy = dy.reshape(y.shape)
         dz = dy if wrt_preactivation else activations.backward(
             self.activation, z, y, dy, f"{self.class_name} layer '{self.name}'")
-        dk, dx = depthwise_conv2d_backward(xp, x_shape, self.depthwise, dz, self.strides,
-                                           self.padding, self.dilation, need_dx)
+        dk, dx = depthwise_conv2d_backward(x, self.depthwise, dz, self.strides, self.padding,
+                                           self.dilation, need_dx)
         grads = [dk.reshape(self.weights[0].shape)]
         if self.bias is not None:
             grads.append(dz.sum(axis=(0, 1, 2)))

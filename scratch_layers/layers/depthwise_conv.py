@@ -1,9 +1,12 @@
 """Depthwise and separable convolutions (1-D and 2-D)."""
+import copy
+
 import numpy as np
 
 from .. import activations
 from ..blas import rows_matmul, rows_matmul_tn
 from ..errors import ModelFileError
+from ..profiling import gemm
 from .conv import (
     AbsorbsAffine,
     SpatialConv,
@@ -45,29 +48,45 @@ class DepthwiseConv2D(AbsorbsAffine, SpatialConv, Layer):
     def in_channels(self):
         return self.kernel.shape[2]
 
-    def _z(self, x4):
-        z, xp = depthwise_conv2d(x4, self.kernel, self.strides, self.padding, self.dilation)
-        if self.bias is not None:
-            z += self.bias
-        return z, xp
+    def absorb_zero_padding(self, pads):
+        """This layer run on its input zero-padded by ``pads`` ((top, bottom), (left, right),
+        a ZeroPadding2D before it, as MobileNetV2 writes its strided depthwise convolutions)
+        as one layer: its tiles copy their input rows into a zeroed buffer anyway, so the
+        padding costs nothing; None unless this layer pads 'valid' (TF's 'same' pads depend
+        on the padded size)."""
+        if self.spatial != 2 or self.padding != "valid":
+            return None
+        fused = copy.copy(self)
+        fused.padding = tuple(tuple(int(v) for v in p) for p in pads)
+        return fused
+
+    def workspace_per_sample(self, output_size):
+        """Nothing per sample: the tiles' input buffer has a fixed size (see
+        :func:`depthwise_conv2d`); the im2col estimate of a Conv2D would be C times the
+        output and shrink predict's chunks to one image."""
+        return 0
 
     def forward(self, x, mask=None):
-        return self._from_image(self.activation(self._z(self._as_image(x))[0]))
+        """One tiled pass: taps, bias and (a relu or clipped relu absorbed from the next
+        layer, see :class:`AbsorbsAffine`) activation, see :func:`depthwise_conv2d`."""
+        y = depthwise_conv2d(self._as_image(x), self.kernel, self.strides, self.padding,
+                             self.dilation, self.bias, self.activation)
+        return self._from_image(y)
 
     def forward_train(self, x, mask, ctx):
         x4 = self._as_image(x)
-        z, xp = self._z(x4)
+        z = depthwise_conv2d(x4, self.kernel, self.strides, self.padding, self.dilation, self.bias)
         y = self.activation(z)
-        self._saved = (x4.shape, xp, z, y)
+        self._saved = (x4, z, y)
         return self._from_image(y)
 
     def backward(self, dy, need_dx=True):
         """dz = act'(z) dy; db = sum dz; dK and dx from :func:`depthwise_conv2d_backward`."""
-        x_shape, xp, z, y = self._saved
+        x4, z, y = self._saved
         dz = activations.backward(self.activation, z, y, dy.reshape(y.shape),
                                   f"{self.class_name} layer '{self.name}'")
-        dk, dx = depthwise_conv2d_backward(xp, x_shape, self.kernel, dz, self.strides,
-                                           self.padding, self.dilation, need_dx)
+        dk, dx = depthwise_conv2d_backward(x4, self.kernel, dz, self.strides, self.padding,
+                                           self.dilation, need_dx)
         grads = [dk.reshape(self.weights[0].shape)]
         if self.bias is not None:
             grads.append(dz.sum(axis=(0, 1, 2)))
@@ -121,24 +140,29 @@ class SeparableConv2D(SpatialConv, Layer):
     def in_channels(self):
         return self.depthwise_kernel.shape[2]
 
-    def _z(self, x4):
-        u, xp = depthwise_conv2d(x4, self.depthwise_kernel, self.strides, self.padding, self.dilation)
-        n, ho, wo, cm = u.shape
-        z = rows_matmul(u.reshape(-1, cm), self.pointwise, self.bias).reshape(n, ho, wo, -1)
-        return z, u, xp
+    def _u(self, x4):
+        return depthwise_conv2d(x4, self.depthwise_kernel, self.strides, self.padding, self.dilation)
 
     def forward(self, x, mask=None):
-        return self._from_image(self.activation(self._z(self._as_image(x))[0]))
+        """Predict: the tiled depthwise pass, then one GEMM (:func:`profiling.gemm`)."""
+        u = self._u(self._as_image(x))
+        n, ho, wo, cm = u.shape
+        z = gemm(u.reshape(-1, cm), self.pointwise)
+        if self.bias is not None:
+            z += self.bias
+        return self._from_image(self.activation(z.reshape(n, ho, wo, -1)))
 
     def forward_train(self, x, mask, ctx):
         x4 = self._as_image(x)
-        z, u, xp = self._z(x4)
+        u = self._u(x4)
+        n, ho, wo, cm = u.shape
+        z = rows_matmul(u.reshape(-1, cm), self.pointwise, self.bias).reshape(n, ho, wo, -1)
         y = self.activation(z)
-        self._saved = (x4.shape, xp, u, z, y)
+        self._saved = (x4, u, z, y)
         return self._from_image(y)
 
     def backward(self, dy, need_dx=True):
-        x_shape, xp, u, z, y = self._saved
+        x4, u, z, y = self._saved
         dz = activations.backward(self.activation, z, y, dy.reshape(y.shape),
                                   f"{self.class_name} layer '{self.name}'")
         f = dz.shape[-1]
@@ -146,9 +170,8 @@ class SeparableConv2D(SpatialConv, Layer):
         u2 = u.reshape(-1, u.shape[-1])
         d_pointwise = rows_matmul_tn(u2, dz2).reshape(self.weights[1].shape)
         du = rows_matmul(dz2, np.ascontiguousarray(self.pointwise.T)).reshape(u.shape)
-        d_depthwise, dx = depthwise_conv2d_backward(xp, x_shape, self.depthwise_kernel, du,
-                                                    self.strides, self.padding, self.dilation,
-                                                    need_dx)
+        d_depthwise, dx = depthwise_conv2d_backward(x4, self.depthwise_kernel, du, self.strides,
+                                                    self.padding, self.dilation, need_dx)
         grads = [d_depthwise.reshape(self.weights[0].shape), d_pointwise]
         if self.bias is not None:
             grads.append(dz2.sum(axis=0))

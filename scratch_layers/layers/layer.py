@@ -1,5 +1,7 @@
 """Layer base class and small helpers shared by all layer implementations."""
 
+import math
+
 import numpy as np
 
 from ..errors import InputError, ModelFileError, NoBackwardError, UnsupportedLayerError
@@ -56,9 +58,19 @@ class Layer:
         a rank-``rank`` input at inference (BatchNormalization), else None."""
         return None
 
+    def relu_ceiling(self):
+        """``c`` when this layer is min(max(x, 0), c) and nothing else: ``math.inf`` for a
+        plain ReLU, 6.0 for ReLU(max_value=6) or Activation('relu6'); else None."""
+        return None
+
     def is_plain_relu(self):
         """Whether this layer is max(x, 0) and nothing else."""
-        return False
+        return self.relu_ceiling() == math.inf
+
+    def absorb_zero_padding(self, pads):
+        """This layer run on its input zero-padded by ``pads`` ((top, bottom), (left, right),
+        a ZeroPadding2D before it) as one layer, or None."""
+        return None
 
     def max_pool_window(self):
         """``(pool, strides, padding)`` when this layer is 2-D max pooling, else None."""

@@ -22,6 +22,8 @@ BroadcastGradientArgs does). Ties in Maximum/Minimum route the gradient as TF's
 ``_MaximumGrad``/``_MinimumGrad``: to the first operand (the running result) where
 ``a >= b`` (``a <= b``).
 """
+import copy
+
 import numpy as np
 
 from ..errors import InputError, ModelFileError
@@ -113,11 +115,24 @@ class Merge(MultiInputLayer):
 
 
 class Add(Merge):
+    relu = False  # set on the copy that absorbed a following ReLU (predict's plan)
+
+    def absorb(self, following):
+        """Add then a plain ReLU, as one pass: relu applied in place on the fresh sum
+        (ResNet's residual joins)."""
+        if self.relu or not following.is_plain_relu():
+            return None
+        fused = copy.copy(self)
+        fused.relu = True
+        return fused
+
     def merge(self, xs, masks):
-        y = xs[0]
-        for x in xs[1:]:
-            y = y + x
-        return np.array(y), None  # a fresh array even for one input
+        y = np.add(xs[0], xs[1]) if len(xs) > 1 else np.array(xs[0])  # a fresh array
+        for x in xs[2:]:
+            y += x
+        if self.relu:
+            np.maximum(y, 0, out=y)
+        return y, None
 
     def merge_grad(self, dy, xs, masks, y, state):
         return [dy] * len(xs)

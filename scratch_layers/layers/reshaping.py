@@ -75,6 +75,11 @@ class ZeroPadding2D(Layer):
             p = ((p[0], p[0]), (p[1], p[1]))
         self.pads = tuple(tuple(int(v) for v in q) for q in p)
 
+    def absorb(self, following):
+        """A convolution that pads its own input instead (ResNet50's and MobileNetV2's
+        explicit pads before a 'valid' strided convolution): no padded copy."""
+        return following.absorb_zero_padding(self.pads)
+
     def forward(self, x, mask=None):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         return pad2d(x, self.pads)
