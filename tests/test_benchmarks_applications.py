@@ -31,10 +31,11 @@ N_IMAGES, SIZE = 64, 96
 MODELS = ["ResNet50", "MobileNetV2"]
 INPUTS = f"{N_IMAGES} random images of {SIZE}x{SIZE}"
 IMPLS = ["keras", "scratch", "scratch_float32", "onnxruntime"]
-# ResNet50 predict's peak above the input (float64, two workers): 19.0 MiB measured on
-# 2026-12-02 for 32 and 128 images;
-# the test allows 25% more and fails with a chunk or a tensor held twice as long
-RESNET50_PEAK_BOUND_MIB = 24
+# ResNet50 predict's peak above the input (float64, two workers): 21.8 MiB measured on
+# 2026-12-06 for 128 images, 20.6 for 32 (19.0 before each worker kept its convolution
+# workspace buffers between chunks); the test allows 25% more and fails with a chunk or a
+# tensor held twice as long
+RESNET50_PEAK_BOUND_MIB = 27
 
 
 @pytest.fixture(scope="module")
