@@ -72,6 +72,14 @@ def test_tile_choice_counts_transform_points():
     assert winograd.choose_tile(2, 2) == 2
 
 
+def test_winograd_needs_enough_tiles():
+    """Tiny maps in small chunks (ResNet50's last stage) keep im2col."""
+    conv = Conv2D({"name": "c", "filters": 64, "kernel_size": 3, "padding": "same"},
+                  [np.zeros((3, 3, 64, 64)), np.zeros(64)])
+    assert conv.winograd_tile(np.float32, 3, 3, 2) is None
+    assert conv.winograd_tile(np.float32, 16, 16, 2) == 4
+
+
 def _winograd_model(k, filters):
     """3x3 'same' convolutions with enough channels for the Winograd path, one followed by
     BatchNormalization and ReLU (absorbed), one by a 2x2 max pool (fused), one 'valid'."""
@@ -97,7 +105,7 @@ def test_winograd_model_equals_keras_and_its_float64_twin(tmp_path):
     x = np.random.default_rng(4).normal(size=(40, 12, 10, 3)).astype("float32")
     sm = scratch_layers.load_model(path)
     convs = [s[0] for s in sm._plan if "Conv2D" in s[0].class_name]
-    used = [getattr(c, "conv", c).winograd_tile(np.float32, 8, 8) for c in convs]
+    used = [getattr(c, "conv", c).winograd_tile(np.float32, 8, 8, len(x)) for c in convs]
     assert used[0] is None and all(m is not None for m in used[1:]), used
     got = sm.predict(x)
     twin = twin_of(model).predict(x.astype(np.float64), verbose=0)

@@ -15,7 +15,8 @@ from ..training.backward import forward_backward, train_on_batch
 from . import executor
 from .inputs import as_compute, prepare_inputs
 
-# Working-set budget per chunk, in bytes. Convolutional models use small chunks
+# Working-set budget per chunk, in bytes of the compute dtype (a float32 chunk holds twice
+# the samples of a float64 one). Convolutional models use small chunks
 # whose im2col buffers stay in the CPU cache; recurrent models want large chunks
 # (the Python time loop's overhead is paid once per chunk). Memory stays bounded.
 CHUNK_BUDGET_BYTES = 8 * 2 ** 20
@@ -168,7 +169,7 @@ class Model:
                 raise InputError(f"input of shape {', '.join(str(x.shape) for x in xs)} does not fit "
                                  f"model '{self.name}': {e}") from None
             budget = RNN_CHUNK_BUDGET_BYTES if self._recurrent else CHUNK_BUDGET_BYTES
-            self._chunks[key] = int(max(1, min(MAX_CHUNK, budget // (8 * per))))
+            self._chunks[key] = int(max(1, min(MAX_CHUNK, budget // (self.dtype.itemsize * per))))
         chunk = self._chunks[key]
         if self._recurrent and self.n_workers > 1:  # one big chunk per worker is best
             chunk = min(chunk, -(-len(xs[0]) // self.n_workers))

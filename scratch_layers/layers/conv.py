@@ -396,7 +396,7 @@ class Conv2D(AbsorbsAffine, Layer):
         self.check_last_dim(x, self.kernel.shape[2])
         ho, wo, pads = conv_geometry(x.shape, self.kernel.shape, self.strides, self.padding, self.dilation,
                                      self.explicit_pads)
-        m = self.winograd_tile(x.dtype, ho, wo)
+        m = self.winograd_tile(x.dtype, ho, wo, len(x))
         if m is not None:
             return winograd.winograd_conv2d(x, self._winograd_kernel(m, x.dtype), m, pads, ho, wo)
         return conv2d(x, self.kernel, self.strides, self.padding, self.dilation, self.explicit_pads)
@@ -427,7 +427,7 @@ class Conv2D(AbsorbsAffine, Layer):
         ph, pw = pool
         if tuple(pool) != tuple(pool_strides) or ho % ph or wo % pw:
             return None
-        m = self.winograd_tile(x.dtype, ho, wo)
+        m = self.winograd_tile(x.dtype, ho, wo, len(x))
         if m is not None and winograd.pools_in_tiles(m, ho, wo, pool, pool_strides, "valid"):
             return winograd.winograd_conv2d(x, self._winograd_kernel(m, x.dtype), m, pads, ho, wo, pool)
         n, f = len(x), k.shape[-1]
@@ -446,15 +446,21 @@ class Conv2D(AbsorbsAffine, Layer):
     # AVX-512 in predict of the study CNN: its 32-channel conv 1.05 s against im2col's
     # 1.21 s per 10,000 images in float32); below, the transforms cost more than they save
     WINOGRAD_MIN_CHANNELS = 32
+    # ... and from this many tiles per call: each transform point's GEMM has one row per
+    # tile and reads its whole (C, F) block of the transformed kernel, (m+2)^2/9 times the
+    # kernel im2col reads (ResNet50's 3x3 maps in chunks of 2 images: 2 rows against 512x512,
+    # 60% slower than im2col)
+    WINOGRAD_MIN_TILES = 32
 
-    def winograd_tile(self, dtype, ho, wo):
-        """The Winograd tile m for this convolution (3x3 kernel, stride 1, no dilation,
-        enough channels), or None for im2col."""
+    def winograd_tile(self, dtype, ho, wo, n):
+        """The Winograd tile m for this convolution of ``n`` images (3x3 kernel, stride 1,
+        no dilation, enough channels and tiles), or None for im2col."""
         k = self.kernel
         if (k.shape[:2] != (3, 3) or tuple(self.strides) != (1, 1) or tuple(self.dilation) != (1, 1)
                 or k.shape[2] < self.WINOGRAD_MIN_CHANNELS):
             return None
-        return winograd.choose_tile(ho, wo)
+        m = winograd.choose_tile(ho, wo)
+        return m if n * np.prod(winograd.tiles(ho, wo, m)) >= self.WINOGRAD_MIN_TILES else None
 
     def _winograd_kernel(self, m, dtype):
         """U = G g G^T of this layer's current kernel, cached per (m, dtype) (recomputed
