@@ -56,6 +56,9 @@ def test_winograd_pooled_equals_pool_of_convolution(m):
     ref = pool2d_ref(conv2d_ref(x, k, (1, 1), padding), (2, 2), (2, 2), "valid", "max")
     got = winograd.winograd_conv2d(x, winograd.transform_kernel(k, m, np.float64), m, pads, ho, wo, pool=(2, 2))
     assert np.abs(got - ref).max() <= 1e-13 * np.abs(ref).max()
+    one = winograd.winograd_conv2d(x, winograd.transform_kernel(k, m, np.float64), m, pads, ho, wo, pool=(1, 1))
+    conv = conv2d_ref(x, k, (1, 1), padding)
+    assert np.abs(one - conv).max() <= 1e-13 * np.abs(conv).max()  # a 1x1 pool is the convolution
 
 
 def test_pools_in_tiles_refuses_windows_across_tiles():

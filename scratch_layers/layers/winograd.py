@@ -148,8 +148,8 @@ def winograd_conv2d(x, u, m, pads, ho, wo, pool=None):
             for b in range(m // pw):
                 dest = out[:, :, a, :, b]
                 window = [y[a * ph + i, b * pw + j] for i in range(ph) for j in range(pw)]
-                np.fmax(window[0], window[1], out=dest)
-                for other in window[2:]:
+                np.copyto(dest, window[0])
+                for other in window[1:]:
                     np.fmax(dest, other, out=dest)
         return out.reshape(n, th * (m // ph), tw * (m // pw), f)
     out = np.empty((n, th, m, tw, m, f), x.dtype)
