@@ -11,18 +11,21 @@ def same_pads(size, k, s, d=1):
     return out, total // 2
 
 
+def _ref_geometry(h, w, kh, kw, sh, sw, dh, dw, padding):
+    """``(ho, wo, pt, pl)``: output size and top/left padding, TF 'same' or 'valid'."""
+    if padding == "same":
+        ho, pt = same_pads(h, kh, sh, dh)
+        wo, pl = same_pads(w, kw, sw, dw)
+        return ho, wo, pt, pl
+    return (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1, 0, 0
+
+
 def conv2d_ref(x, kernel, strides=(1, 1), padding="valid", dilation=(1, 1)):
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
     sh, sw = strides
     dh, dw = dilation
-    if padding == "same":
-        ho, pt = same_pads(h, kh, sh, dh)
-        wo, pl = same_pads(w, kw, sw, dw)
-    else:
-        ho = (h - (kh - 1) * dh - 1) // sh + 1
-        wo = (w - (kw - 1) * dw - 1) // sw + 1
-        pt = pl = 0
+    ho, wo, pt, pl = _ref_geometry(h, w, kh, kw, sh, sw, dh, dw, padding)
     y = np.zeros((n, ho, wo, f))
     for b in range(n):
         for i in range(ho):
@@ -45,13 +48,7 @@ def depthwise_conv2d_ref(x, kernel, strides=(1, 1), padding="valid", dilation=(1
     kh, kw, _, mult = kernel.shape
     sh, sw = strides
     dh, dw = dilation
-    if padding == "same":
-        ho, pt = same_pads(h, kh, sh, dh)
-        wo, pl = same_pads(w, kw, sw, dw)
-    else:
-        ho = (h - (kh - 1) * dh - 1) // sh + 1
-        wo = (w - (kw - 1) * dw - 1) // sw + 1
-        pt = pl = 0
+    ho, wo, pt, pl = _ref_geometry(h, w, kh, kw, sh, sw, dh, dw, padding)
     y = np.zeros((n, ho, wo, c * mult))
     for b in range(n):
         for i in range(ho):

@@ -52,7 +52,7 @@ def test_winograd_equals_direct_convolution(shape, m):
 def test_winograd_pooled_equals_pool_of_convolution(m):
     """The max pool taken inside the tiles equals max_pool(conv(x)), NaN-ignoring."""
     x, k, padding, ho, wo, pads = _case((3, 8, 8, 5, 4, "same"), np.float64, seed=1)
-    assert winograd.pools_in_tiles(m, ho, wo, (2, 2), (2, 2), "valid")
+    assert winograd.pools_in_tiles(m, ho, wo, (2, 2), (2, 2))
     ref = pool2d_ref(conv2d_ref(x, k, (1, 1), padding), (2, 2), (2, 2), "valid", "max")
     got = winograd.winograd_conv2d(x, winograd.transform_kernel(k, m, np.float64), m, pads, ho, wo, pool=(2, 2))
     assert np.abs(got - ref).max() <= 1e-13 * np.abs(ref).max()
@@ -62,9 +62,9 @@ def test_winograd_pooled_equals_pool_of_convolution(m):
 
 
 def test_pools_in_tiles_refuses_windows_across_tiles():
-    assert not winograd.pools_in_tiles(2, 8, 8, (3, 3), (3, 3), "valid")   # 3 does not divide m
-    assert not winograd.pools_in_tiles(4, 6, 8, (2, 2), (2, 2), "valid")   # a partial tile
-    assert not winograd.pools_in_tiles(2, 8, 8, (2, 2), (1, 1), "valid")   # overlapping windows
+    assert not winograd.pools_in_tiles(2, 8, 8, (3, 3), (3, 3))   # 3 does not divide m
+    assert not winograd.pools_in_tiles(4, 6, 8, (2, 2), (2, 2))   # a partial tile
+    assert not winograd.pools_in_tiles(2, 8, 8, (2, 2), (1, 1))   # overlapping windows
 
 
 def test_tile_choice_counts_transform_points():

@@ -428,7 +428,7 @@ class Conv2D(AbsorbsAffine, Layer):
         if tuple(pool) != tuple(pool_strides) or ho % ph or wo % pw:
             return None
         m = self.winograd_tile(x.dtype, ho, wo, len(x))
-        if m is not None and winograd.pools_in_tiles(m, ho, wo, pool, pool_strides, "valid"):
+        if m is not None and winograd.pools_in_tiles(m, ho, wo, pool, pool_strides):
             return winograd.winograd_conv2d(x, self._winograd_kernel(m, x.dtype), m, pads, ho, wo, pool)
         n, f = len(x), k.shape[-1]
         hp, wp = ho // ph, wo // pw

@@ -24,6 +24,8 @@ every convolution path shares (a thread runs one layer at a time).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -92,7 +94,6 @@ def transform_input(x, m, pads, th, tw):
     (i*m, j*m), i < th, j < tw: (alpha^2, N*th*tw, C). The tiles are gathered once (one
     strided copy, as im2col) and transformed together by one GEMM with B^T ⊗ B^T, which
     streams them once instead of one elementwise pass per nonzero coefficient."""
-    bt, _, _ = transforms(m)
     alpha = m + 2
     n, h, w, c = x.shape
     (pt, _), (pl, _) = pads
@@ -106,7 +107,7 @@ def transform_input(x, m, pads, th, tw):
     s0, s1, s2, s3 = xp.strides
     d = workspace.buffer("conv_b", (alpha, alpha, n, th, tw, c), x.dtype)
     np.copyto(d, as_strided(xp, d.shape, (s1, s2, s0, m * s1, m * s2, s3), writeable=False))
-    v = gemm(_kron(bt, x.dtype), d.reshape(alpha * alpha, -1),
+    v = gemm(_kron(m, 0, x.dtype), d.reshape(alpha * alpha, -1),
              out=workspace.buffer("conv_a", (alpha * alpha, d[0, 0].size), x.dtype))
     return v.reshape(alpha * alpha, n * th * tw, c)
 
@@ -114,16 +115,19 @@ def transform_input(x, m, pads, th, tw):
 def transform_output(mt, m):
     """Y = A^T M A for every tile: ``mt`` (alpha^2, T, F) -> (m, m, T, F), output offset
     (r, s) of every tile as one contiguous slab; one GEMM with A^T ⊗ A^T."""
-    _, _, at = transforms(m)
-    y = gemm(_kron(at, mt.dtype), mt.reshape(len(mt), -1),
+    y = gemm(_kron(m, 2, mt.dtype), mt.reshape(len(mt), -1),
              out=workspace.buffer("conv_a", (m * m, mt[0].size), mt.dtype))
     return y.reshape((m, m) + mt.shape[1:])
 
 
-def _kron(t, dtype):
-    """T ⊗ T: applies T along both axes of a flattened tile, ``(T d T^T).ravel() = (T ⊗ T)
-    d.ravel()``."""
-    return np.kron(t, t).astype(dtype)
+@functools.lru_cache(maxsize=None)
+def _kron(m, which, dtype):
+    """T ⊗ T for T = B^T (``which`` 0) or A^T (2) of F(m, 3): applies T along both axes of a
+    flattened tile, ``(T d T^T).ravel() = (T ⊗ T) d.ravel()``; built once per (m, dtype)."""
+    t = transforms(m)[which]
+    k = np.kron(t, t).astype(dtype)
+    k.flags.writeable = False  # shared by every call
+    return k
 
 
 def winograd_conv2d(x, u, m, pads, ho, wo, pool=None):
@@ -160,7 +164,7 @@ def winograd_conv2d(x, u, m, pads, ho, wo, pool=None):
     return out
 
 
-def pools_in_tiles(m, ho, wo, pool, strides, padding):
+def pools_in_tiles(m, ho, wo, pool, strides):
     """Whether a max pool of size ``pool`` and stride ``strides`` over an ho x wo output
     reads only whole windows that lie inside single m x m tiles, so it can be taken tile by
     tile: pool equal to stride, dividing m, and the tiles exactly covering the output
