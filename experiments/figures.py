@@ -180,3 +180,152 @@ def image_grid(title: str, images: np.ndarray, captions: list[str]) -> str:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return img(fig, title)
+
+
+def _panel_title(fig, ax, title: str) -> None:
+    """A panel title flush with the figure's left edge (above the tick labels), so a long
+    title does not widen the figure past its axes."""
+    ax.annotate(title, xy=(0.005, 1.0), xycoords=(fig.transFigure, ax.transAxes), xytext=(0, 5),
+                textcoords="offset points", ha="left", va="bottom", fontsize=10)
+
+
+def difference_label(b: str, a: str) -> str:
+    """"b − a" with the words both labels share at the start or the end said once:
+    ("3 conv layers", "2 conv layers") -> "3 − 2 conv layers"; ("filters 32-64-128",
+    "filters 16-32-64") -> "filters 32-64-128 − 16-32-64"; labels without shared words stay
+    whole ("2 layers − 1 layer")."""
+    wb, wa = b.split(), a.split()
+    if wb == wa:
+        return f"{b} − {a}"
+    head = 0
+    while head < min(len(wa), len(wb)) - 1 and wa[head] == wb[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(wa), len(wb)) - 1 - head and wa[-1 - tail] == wb[-1 - tail]:
+        tail += 1
+    if not head and not tail:
+        return f"{b} − {a}"
+    pre, post = " ".join(wb[:head]), " ".join(wb[len(wb) - tail:])
+    mid = f"{' '.join(wb[head:len(wb) - tail])} − {' '.join(wa[head:len(wa) - tail])}"
+    return " ".join(x for x in (pre, mid, post) if x)
+
+
+def _forest_rows(studies: list[dict], labels: dict) -> list[dict]:
+    """One row per comparison of ``studies``, oriented later value minus earlier value (the
+    studies' declared order), so "3 layers − 1 layer" reads as what adding layers does:
+    the difference b − a of mean test macro-F1 and its interval, negated from a − b."""
+    rows = []
+    for k, st in enumerate(studies):
+        for c in st["comparisons"]:
+            lo, hi = c.get("ci_low"), c.get("ci_high")
+            rows.append({"label": difference_label(labels.get(c["b"], c["b"]), labels.get(c["a"], c["a"])),
+                         "diff": -c["mean_diff"], "low": None if hi is None else -hi,
+                         "high": None if lo is None else -lo, "effect": bool(c["significant"]),
+                         "group": k})
+    return rows
+
+
+def forest_figure(panels: list[tuple[str, list[dict]]], labels: dict) -> str:
+    """Every study's comparisons as a forest plot, one panel per family (``panels``: (title,
+    that family's studies)): per comparison the difference of mean test macro-F1 over seeds
+    (later value − earlier value) with its 95% Welch interval, filled when it is an effect
+    (Holm-adjusted p < 0.05 within its study), open when not; the zero line; thin rules
+    between studies.  ``labels`` maps variant ids to their labels."""
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    rows = [_forest_rows(studies, labels) for _, studies in panels]
+    heights = [max(len(r), 1) + 1.2 for r in rows]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(6.0, 0.21 * sum(heights) + 0.9), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (title, _), rs in zip(axes[:, 0], panels, rows):
+        for y, r in enumerate(rs):
+            colour = "#1f5fa8" if r["effect"] else "#777777"
+            if r["low"] is not None:
+                ax.plot([r["low"], r["high"]], [y, y], color=colour, lw=1.6, solid_capstyle="butt")
+            ax.plot([r["diff"]], [y], "o", ms=6, mec=colour, mew=1.4,
+                    mfc=colour if r["effect"] else "white", zorder=5)
+        for y in range(1, len(rs)):
+            if rs[y]["group"] != rs[y - 1]["group"]:
+                ax.axhline(y - 0.5, color="#cccccc", lw=0.8)
+        ax.axvline(0, color="black", lw=1)
+        ax.set_yticks(range(len(rs)), [r["label"] for r in rs], fontsize=9)
+        ax.set_ylim(len(rs) - 0.5, -0.5)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=9)
+        n_eff = sum(r["effect"] for r in rs)
+        _panel_title(fig, ax, f"{title}: {n_eff} of {len(rs)} comparisons are effects")
+    axes[-1, 0].set_xlabel("difference in test macro-F1 (mean over seeds) with 95% interval", fontsize=9)
+    handles = [Line2D([], [], color="#1f5fa8", marker="o", mfc="#1f5fa8", lw=1.6,
+                      label="effect: Holm-adjusted p < 0.05"),
+               Line2D([], [], color="#777777", marker="o", mfc="white", lw=1.6, label="not an effect")]
+    fig.legend(handles=handles, loc="upper center", ncol=2, frameon=False, fontsize=9,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    return img(fig, "Forest plot: every study's comparisons, difference in test macro-F1 with 95% "
+                    "interval, effects after Holm correction filled, one panel per family")
+
+
+WINDOW = 0.15  # half-width (macro-F1) of the points a panel zooms onto around the selected mean
+
+
+def _window(sel: dict | None, values: list[float]) -> tuple[float, float]:
+    """A panel's x range: the selected model's interval and every reference within
+    ``WINDOW`` of its mean, padded; references further away are drawn at the edge."""
+    centre = sel["f1_mean"] if sel else float(np.median(values))
+    near = [x for x in values if abs(x - centre) <= WINDOW] + [centre]
+    if sel and sel.get("f1_ci95"):
+        near += list(sel["f1_ci95"])
+    lo, hi = min(near), max(near)
+    pad = max(0.02, 0.12 * (hi - lo))
+    return max(0.0, lo - pad), min(1.0, hi + pad)
+
+
+def selected_vs_references_figure(panels: list[tuple[str, dict | None, list[dict]]]) -> str:
+    """Per family (``panels``: (title, selected configuration, reference models)): the
+    validation-selected configuration's mean test macro-F1 over seeds with its 95%
+    t-interval (diamond and bar), and each reference baseline's test macro-F1 (squares: one
+    deterministic fit each, so no seed interval), every value written beside its point.
+    Each panel zooms onto the selected model and the references near it (``_window``); a
+    reference off that range is a triangle at the edge pointing to where it lies."""
+    plt = _plt()
+
+    heights = [1 + len(refs) + 1.2 for _, _, refs in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(4.3, 0.21 * sum(heights) + 0.9), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (title, sel, refs) in zip(axes[:, 0], panels):
+        lo, hi = _window(sel, [m["test_macro_f1"] for m in refs])
+        names = []
+        if sel:
+            ci = sel.get("f1_ci95")
+            if ci:
+                ax.plot(ci, [0, 0], color="black", lw=1.8)
+            ax.plot([sel["f1_mean"]], [0], "D", ms=7, color="black", zorder=5)
+            right = ci[1] if ci else sel["f1_mean"]
+            ax.annotate(f"{sel['f1_mean']:.3f}", (right, 0), xytext=(5, 0),
+                        textcoords="offset points", ha="left", va="center", fontsize=8)
+            names.append(f"selected (n={sel['n_runs']})")
+        else:
+            names.append("selected: not trained")
+        for y, m in enumerate(refs, start=1):
+            x = m["test_macro_f1"]
+            if lo <= x <= hi:
+                ax.plot([x], [y], "s", ms=6, color="#c0392b", zorder=5)
+                ax.annotate(f"{x:.3f}", (x, y), xytext=(6, 0), textcoords="offset points",
+                            ha="left", va="center", fontsize=8)
+            else:  # off the zoomed range: a triangle at the edge, pointing to it
+                edge, marker, ha, dx = (lo, "<", "left", 6) if x < lo else (hi, ">", "right", -6)
+                ax.plot([edge], [y], marker, ms=7, color="#c0392b", clip_on=False, zorder=5)
+                ax.annotate(f"{x:.3f}", (edge, y), xytext=(dx, 0), textcoords="offset points",
+                            ha=ha, va="center", fontsize=8)
+            names.append(m["name"])
+        ax.set_yticks(range(len(names)), names, fontsize=9)
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.set_xlim(lo, hi)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=9)
+        _panel_title(fig, ax, title)
+    axes[-1, 0].set_xlabel("test macro-F1 (bar: 95% interval over seeds)", fontsize=9)
+    fig.tight_layout()
+    return img(fig, "Selected configurations (mean test macro-F1 with 95% interval over seeds) "
+                    "against the reference baselines, per family")

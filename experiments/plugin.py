@@ -12,7 +12,8 @@ Loaded from the root ``conftest.py`` together with one plugin module per family
 * ``family``       -- parametrized over the families (with their markers);
 * ``trained``      -- the run's model under the selected profile (cache or train; with
                       ``--no-train`` a run not trained yet is skipped, saying how to train it);
-* ``verification`` -- scratch vs Keras on the run's whole test split (memoized).
+* ``verification`` -- scratch vs Keras on the run's whole test split (memoized; Keras'
+                      outputs from the entry's reference cache, :mod:`experiments.keras_references`).
 """
 from __future__ import annotations
 
@@ -47,16 +48,36 @@ def pytest_addoption(parser):
                     help="train the missing runs of the selected tests on a Dask cluster before "
                          "the tests run: local:N worker processes on 127.0.0.1, or a scheduler "
                          "address (see experiments/cluster/)")
+    group.addoption("--refresh-references", action="store_true",
+                    help="recompute Keras' cached reference outputs (float32 and float64-twin "
+                         "probabilities, experiments/keras_references.py) of every model this "
+                         "run verifies, even where the stored ones are valid")
+    group.addoption("--backend", action="append", default=None, metavar="NAME",
+                    help="the implementation under test (repeatable): module:callable, a name "
+                         "registered in the entry-point group scratchnet.backends, or a shipped one "
+                         "(scratch_layers, scratch_layers-float32, onnxruntime, course); default "
+                         "scratch_layers. See scratch_layers/verify/backends.py")
 
 
 def pytest_configure(config):
     if config.getoption("--data-dir"):
         os.environ[DATA_DIR_ENV] = config.getoption("--data-dir")
     config.scratchnet_profile = resolve_profile(config.getoption("--profile"))
+    config.scratchnet_backends = _backends(config.getoption("--backend"))
     # --retrain means "models older than this run"; xdist workers inherit the env, so a
     # model retrained by one worker is a cache hit for the other.
     if config.getoption("--retrain") and not hasattr(config, "workerinput"):
         os.environ[RETRAIN_SINCE_ENV] = str(time.time())
+
+
+def _backends(names):
+    """``--backend`` resolved (:func:`scratch_layers.verify.backends.resolve`); a bad one stops
+    the run before collection with the message that names what is missing."""
+    from scratch_layers.verify.backends import DEFAULT, BackendError, resolve
+    try:
+        return [resolve(name) for name in dict.fromkeys(names or [DEFAULT])]
+    except BackendError as exc:
+        raise pytest.UsageError(f"--backend: {exc}") from None
 
 
 def pytest_collection_finish(session):
@@ -132,6 +153,26 @@ def pytest_generate_tests(metafunc):
     if "family" in metafunc.fixturenames:
         params = [pytest.param(f, id=f.name, marks=_family_marks(f)) for f in all_families()]
         metafunc.parametrize("family", params, scope="session")
+    # ``--backend`` given: every test that asks for ``backend`` runs once per named backend;
+    # without it the ``backend`` fixture is scratch_layers and the test ids stay as they were
+    if "backend" in metafunc.fixturenames and metafunc.config.getoption("--backend"):
+        backends = metafunc.config.scratchnet_backends
+        metafunc.parametrize("backend", backends, ids=[b.name for b in backends], scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(pytestconfig):
+    """The implementation under test (a :class:`scratch_layers.verify.backends.Backend`)."""
+    return pytestconfig.scratchnet_backends[0]
+
+
+def load_or_skip(backend, path):
+    """``backend.load(path)``; a model the backend refuses skips the test as *refused*."""
+    from scratch_layers.verify.backends import Refused
+    try:
+        return backend.load(path)
+    except Refused as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -169,17 +210,40 @@ _VERIFIED: dict[str, tuple] = {}
 
 
 @pytest.fixture(scope="session")
-def verification(trained):
-    """(Verification, keras_model, scratch_model, keras_probs, scratch_probs), once per model."""
-    import scratch_layers
-    from .verification import verify_model
+def verification(trained, pytestconfig, backend):
+    """(Verification, scratch_model, keras_probs, scratch_probs), once per model and backend
+    (``scratch_model`` is the backend's model), or the backend's
+    :class:`~scratch_layers.verify.backends.Refused`.
 
-    key = trained.meta["key"]
+    Keras' outputs come from the entry's cached references (computed and stored on a miss,
+    or with ``--refresh-references``): Keras itself is loaded only to compute them, or by
+    a test that needs the model (``trained.load_keras()``)."""
+    from scratch_layers.verify.backends import Refused
+    from .keras_references import reference_for
+    from .verification import verify_reference
+
+    key = (trained.meta["key"], backend.name)
     if key not in _VERIFIED:
         splits = trained.family.load_data()
-        keras_model = trained.load_keras()
-        scratch_model = scratch_layers.load_model(trained.path)
-        v, kp, sp = verify_model(keras_model, scratch_model, splits.x_test, splits.y_test,
-                                 len(splits.class_names))
-        _VERIFIED[key] = (v, keras_model, scratch_model, kp, sp)
-    return _VERIFIED[key]
+        reference = reference_for(trained, splits, refresh=pytestconfig.getoption("--refresh-references"))
+        try:  # the Keras side (reference) and the backend's side stay apart
+            scratch_model = backend.load(trained.path)
+            v, kp, sp = verify_reference(reference, _Checked(backend, scratch_model), splits.x_test,
+                                         splits.y_test, len(splits.class_names))
+        except Refused as exc:
+            _VERIFIED[key] = exc
+        else:
+            v.precision = backend.precision_of(sp)
+            _VERIFIED[key] = (v, scratch_model, kp, sp)
+    return _VERIFIED[key]   # a Refused: the test records the refusal and skips
+
+
+class _Checked:
+    """A backend's model whose ``predict`` raises a refusal as :class:`Refused`."""
+
+    def __init__(self, backend, model):
+        self.backend, self.model = backend, model
+
+    def predict(self, x):
+        import numpy as np
+        return np.asarray(self.backend.call(self.model.predict, x))

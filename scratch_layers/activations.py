@@ -220,6 +220,12 @@ def hard_shrink(x, threshold=0.5):
     return np.where(np.abs(x) > threshold, x, 0.0)
 
 
+def threshold(x, threshold, default_value):
+    """``keras.activations.threshold`` (tf.where(x > threshold, x, default_value)); not a
+    string activation (it needs its arguments), used by the ``threshold`` operation node."""
+    return np.where(x > threshold, x, default_value)
+
+
 def squareplus(x, b=4):
     return (x + np.sqrt(x * x + b)) / 2.0
 
@@ -345,6 +351,16 @@ def _glu_grad(x, y, dy, axis=-1):
     return np.concatenate([dy * s, dy * a * s * (1.0 - s)], axis=axis)
 
 
+def shrink_grad(x, y, dy, threshold=0.5):
+    """soft_shrink and hard_shrink (both tf.where on |x| > threshold): dy where |x| > threshold."""
+    return dy * (np.abs(x) > threshold)
+
+
+def threshold_grad(x, y, dy, threshold):
+    """tf.where(x > threshold, x, default): dy where x > threshold."""
+    return dy * (x > threshold)
+
+
 def _squareplus_grad(x, y, dy, b=4):
     """y = (x + sqrt(x^2 + b)) / 2: (1 + x / sqrt(x^2 + b)) / 2."""
     return dy * 0.5 * (1.0 + x / np.sqrt(x * x + b))
@@ -375,8 +391,8 @@ GRADIENTS = {
     glu: _glu_grad,
     hard_tanh: lambda x, y, dy: dy * ((x >= -1.0) & (x <= 1.0)),  # ClipByValue passes the ends
     tanh_shrink: lambda x, y, dy: dy * np.tanh(x) ** 2,
-    soft_shrink: lambda x, y, dy: dy * (np.abs(x) > 0.5),
-    hard_shrink: lambda x, y, dy: dy * (np.abs(x) > 0.5),
+    soft_shrink: lambda x, y, dy: shrink_grad(x, y, dy),
+    hard_shrink: lambda x, y, dy: shrink_grad(x, y, dy),
     squareplus: _squareplus_grad,
     sparse_plus: lambda x, y, dy: np.where(x <= -1, 0.0, np.where(x < 1, 0.5 * (x + 1) * dy, dy)),
     sparse_sigmoid: lambda x, y, dy: 0.5 * dy * ((x > -1) & (x < 1)),

@@ -60,8 +60,8 @@ def _unsaturate(k, model, x):
     head.set_weights([kernel * (2.0 / max(float(logits.std()), 1e-6))] + rest)
 
 
-def check_application(name, size, tmp_path):
-    """Build, perturb, save, load; returns the measured worst differences."""
+def build_application(name, size, tmp_path):
+    """The perturbed, unsaturated model saved at ``path``: ``(model, x, y, path)``."""
     k = keras()
     model = getattr(k.applications, name)(weights=None, input_shape=(size, size, 3), classes=N_CLASSES)
     randomize_weights(model, seed=1)
@@ -74,6 +74,12 @@ def check_application(name, size, tmp_path):
     _unsaturate(k, model, x)
     path = tmp_path / f"{name}.keras"
     model.save(path)
+    return model, x, y, path
+
+
+def check_application(name, size, tmp_path):
+    """Build, perturb, save, load; returns the measured worst differences."""
+    model, x, y, path = build_application(name, size, tmp_path)
     sm = scratch_layers.load_model(path)
 
     # eager calls, not predict: predict traces a tf.function per model, which for a
@@ -110,8 +116,29 @@ def check_application(name, size, tmp_path):
 
 @pytest.mark.applications
 @pytest.mark.parametrize("name,size", CI_MODELS, ids=[n for n, _ in CI_MODELS])
-def test_application(name, size, tmp_path):
-    check_application(name, size, tmp_path)
+def test_application(name, size, tmp_path, request):
+    from experiments.backends import record_case
+    from scratch_layers.verify.backends import resolve
+    try:
+        d64, d32, _ = check_application(name, size, tmp_path)
+    except AssertionError as exc:  # the conformance matrix counts it as wrong, with the reason
+        record_case(request, resolve("scratch_layers"), "applications", name, "wrong", precision="float64",
+                    message=str(exc))
+        raise
+    record_case(request, resolve("scratch_layers"), "applications", name, "passed", max_abs_diff=d32,
+                max_abs_diff_float64=d64, precision="float64")
+
+
+@pytest.mark.applications
+@pytest.mark.parametrize("name,size", CI_MODELS, ids=[n for n, _ in CI_MODELS])
+def test_application_on_backend(name, size, backend, tmp_path, request):
+    """The forward pass of each application on another implementation (``--backend``):
+    equal to Keras under its gate, or refused. scratch_layers' own is ``test_application``."""
+    from experiments.backends import check_backend_case
+    if backend.is_default:
+        pytest.skip("scratch_layers is checked by test_application (forward and backward)")
+    model, x, _, path = build_application(name, size, tmp_path)
+    check_backend_case(request, backend, "applications", name, model, path, x, TWIN_SLACK.get(name, 1.0))
 
 
 @pytest.mark.applications

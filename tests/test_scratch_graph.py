@@ -209,7 +209,38 @@ def encoder_decoder(k):
     return k.Model(inp, k.layers.Dense(3, activation="softmax")(h))
 
 
+# the cases above as (builder, inputs), for any implementation under test (``--backend``)
+GRAPH_CASES = {
+    "residual_mlp": (residual_mlp, lambda: RNG.normal(0, 1, (9, 6)).astype(np.float32)),
+    "residual_conv_block": (residual_conv_block, lambda: _images(6, 8, 4)),
+    "inception_block": (inception_block, lambda: _images()),
+    "two_inputs": (two_inputs, lambda: [_images(), RNG.normal(0, 1, (6, 5)).astype(np.float32)]),
+    "two_outputs_list": (lambda k: two_outputs(k, False), lambda: RNG.normal(0, 1, (9, 6)).astype(np.float32)),
+    "two_outputs_dict": (lambda k: two_outputs(k, True), lambda: RNG.normal(0, 1, (9, 6)).astype(np.float32)),
+    "shared_layers": (shared_layers, lambda: [_images(6, 8, 2), _images(6, 8, 2)]),
+    "nested_functional": (lambda k: nested_called_twice(k, "functional"),
+                          lambda: [RNG.normal(0, 1, (8, 5)).astype(np.float32) for _ in range(2)]),
+    "nested_sequential": (lambda k: nested_called_twice(k, "sequential"),
+                          lambda: [RNG.normal(0, 1, (8, 5)).astype(np.float32) for _ in range(2)]),
+    "operation_nodes": (operation_nodes, lambda: RNG.normal(0, 1, (5, 4, 6)).astype(np.float32)),
+    "tiny_transformer": (tiny_transformer, lambda: RNG.integers(0, 20, (6, 7)).astype(np.int32)),
+    "encoder_decoder": (encoder_decoder, lambda: _images(5)),
+}
+
+
 # ------------------------------------------------------------------------ the tests
+
+@pytest.mark.parametrize("case", list(GRAPH_CASES))
+def test_graph_case_on_backend(case, backend, tmp_path, request):
+    """Each graph case's forward pass on the implementation under test (``pytest --backend
+    NAME``; default scratch_layers): equal to Keras under the backend's gate, or refused."""
+    from experiments.backends import check_backend_case
+    build, inputs = GRAPH_CASES[case]
+    model = randomize_weights(build(keras()), 0)
+    path = tmp_path / f"{case}.keras"
+    model.save(path)
+    check_backend_case(request, backend, "graph", case, model, path, inputs())
+
 
 @pytest.mark.parametrize("fmt", ["keras", "h5"])
 def test_residual_mlp(tmp_path, fmt):

@@ -398,7 +398,9 @@ def build_ops_model(k):
             o.stack([x, b], axis=1), o.mean(s, axis=1, keepdims=True), o.sum(s, axis=(1, 2)),
             o.max(s, axis=-1), o.max(s, axis=(1, 2), keepdims=True, initial=0.5),
             o.min(s4, axis=(1, -1)), o.matmul(s, o.transpose(s, (0, 2, 1))),
-            o.matmul(s, np.ones((5, 2), "float32")), o.cast(n, "float32") * x]
+            o.matmul(s, np.ones((5, 2), "float32")), o.cast(n, "float32") * x,
+            o.hard_shrink(x, 0.3), o.soft_shrink(x, 0.2), o.hard_tanh(x), o.sparse_plus(x),
+            o.squareplus(x, 2), o.tanh_shrink(x), o.threshold(x, 0.1, -0.5)]
     return k.Model([x, p, b, s, s4, q, n], outs)
 
 

@@ -9,10 +9,11 @@ import platform
 import subprocess
 from pathlib import Path
 
-from .. import results
+from .. import head_choice, results
 from ..data import DATA_DIR_ENV
 from ..families import all_families
 from ..runs import PROJECT_ROOT
+from ..backends import matrix as backend_matrix
 from .records import by_kind
 
 
@@ -63,9 +64,9 @@ def results_document(config) -> dict:
                     seeds={fam.name: {"seeds": list(fam.recipe[config.scratchnet_profile]["seeds"]),
                                       "baseline_seeds": list(fam.seeds(config.scratchnet_profile, fam.baseline))}
                            for fam in all_families()},
-                    **doc, references=_references(),
+                    **doc, references=_references(), head_choice=head_choice.load(),
                     benchmarks=by_kind("bench"), training_benchmarks=by_kind("bench_train"),
-                    layer_divergence=by_kind("layers"))
+                    layer_divergence=by_kind("layers"), backends=backend_matrix(by_kind("backend")))
     return _DOC
 
 

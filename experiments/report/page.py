@@ -14,10 +14,12 @@ from .sections.answer import answer_section, toc
 from .sections.backward import backward_section
 from .sections.benchmarks import benchmark_section
 from .sections.design import design_section
+from .sections.first_screen import first_screen
 from .sections.provenance import provenance_section
 from .sections.recipes import recipe_section
 from .sections.selected import misclassified_html, selected_section
 from .sections.studies import family_intro, study_section
+from .sections.conformance import conformance_section
 from .sections.verification import verification_section
 
 VIEWPORT = '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -47,7 +49,7 @@ def sections(doc: dict, examples_html: dict, backward: list[dict] | None = None)
     results document does not carry its records)."""
     fams = all_families()
     titles = {f.name: f.title for f in fams}
-    prefix = [STYLE, '<div class="scratchnet">', HEADING,
+    prefix = [STYLE, '<div class="scratchnet">', HEADING, first_screen(doc, titles),
               answer_section(doc, titles), toc(doc, titles), "</div>"]
     body = ['<div class="scratchnet">', design_section(doc, fams)]
     refs = doc.get("references") or {}
@@ -61,6 +63,7 @@ def sections(doc: dict, examples_html: dict, backward: list[dict] | None = None)
             body.append(study_section(study, vs, fam.title, best(refs.get(fam.name))))
     body += [selected_section(doc, titles, examples_html),
              verification_section(doc, doc.get("layer_divergence", [])),
+             conformance_section(doc.get("backends", [])),
              recipe_section(doc, titles),
              benchmark_section(doc.get("benchmarks", []), doc.get("environment", {}).get("blas")),
              backward_section(list(backward), doc.get("training_benchmarks", []))

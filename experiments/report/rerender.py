@@ -15,13 +15,14 @@ import json
 import os
 from pathlib import Path
 
-from .. import references, results
+from .. import head_choice, references, results
 from ..families import all_families
 from .page import examples, standalone
 
 
 def rerender(results_path: Path, out: Path, with_examples: bool = True, with_references: bool = True) -> dict:
     doc = results.rebuild(json.loads(Path(results_path).read_text()))
+    doc["head_choice"] = head_choice.load()  # the text heads' validation evidence, as committed
     if with_references:
         doc["references"] = references.for_families(all_families())
     page = standalone(doc, examples(doc) if with_examples else {})

@@ -111,15 +111,22 @@ def elements_per_sample(graph, steps, frees, probe):
     (plus the layer's workspace, a convolution's im2col buffer), plus every other live
     tensor (a skip connection waiting for its merge). A fused step that convolves in
     blocks holds only its input and its pooled output."""
-    per = max((np.asarray(x).size for x in probe), default=1)
+    per = max((_size(x) for x in probe), default=1)
 
     def measure(step, y, live):
         nonlocal per
-        out = np.asarray(y).size
+        out = _size(y)
         out += step[0].workspace_per_sample(out)
-        read = [np.asarray(live[t]).size for t in step.inputs if t is not None]
-        others = sum(np.asarray(v).size for t, v in live.items()
+        read = [_size(live[t]) for t in step.inputs if t is not None]
+        others = sum(_size(v) for t, v in live.items()
                      if t not in step.inputs and t != step.output)
         per = max(per, max(read + [out]) + others)
     run(graph, steps, frees, probe, on_output=measure)
     return per
+
+
+def _size(value):
+    """Elements of a tensor: an array, or the tuple a call with several outputs writes."""
+    if isinstance(value, tuple):
+        return sum(np.asarray(v).size for v in value)
+    return np.asarray(value).size

@@ -1,7 +1,8 @@
 """The graph of a Keras model: its nodes in topological order, read from a model config.
 
 A *node* is one call of a layer (or of a ``keras.src.ops`` operation): its inputs are
-tensor ids, its output one tensor id. A layer called several times (a shared layer) is
+tensor ids, its output one tensor id (a tuple of arrays for a call with several outputs,
+read by one :class:`OutputItem` node per output). A layer called several times (a shared layer) is
 one :class:`~scratch_layers.layers.layer.Layer` object referenced by several nodes, so it keeps
 one set of weights. A Sequential or Functional model used as a layer is built once as
 its own :class:`Graph` and *instantiated* at each of its calls: its nodes are copied
@@ -21,7 +22,7 @@ import heapq
 from dataclasses import dataclass, field
 
 from ..errors import ModelFileError, UnsupportedLayerError
-from ..layers.layer import TensorRef, is_tensor
+from ..layers.layer import Layer, TensorRef, is_tensor
 
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 MAX_NESTING = 8            # models inside models
@@ -41,11 +42,58 @@ class Node:
     options: dict = field(default_factory=dict)
 
 
+class OutputItem(Layer):
+    """Output ``index`` of a layer call with several outputs (an RNN with ``return_state``:
+    the output, then the states). Such a call writes one tensor holding the tuple of its
+    outputs (and a tuple of masks); one OutputItem node per output reads it, and the
+    config's ``[layer, node_index, tensor_index]`` references name these. Internal: not a
+    layer of the model; ``intermediate_outputs`` names the outputs ``layer``, ``layer[1]``,
+    ... (as Keras' per-node probe does). Backward: the tuple's gradient is an
+    :class:`OutputGrads` with ``dy`` at ``index`` (None elsewhere); they add up."""
+
+    hidden = True
+
+    def __init__(self, index, owner):
+        # named and classed after the call it picks from (verify's table shows the layer)
+        super().__init__({"name": f"{owner.name}[{index}]"}, [], owner.class_name)
+        self.index = index
+
+    def forward(self, x, mask=None):
+        return x[self.index]
+
+    def compute_mask(self, x, mask):
+        return mask[self.index] if isinstance(mask, (tuple, list)) else None
+
+    def forward_train(self, x, mask, ctx):
+        self._n = len(x)
+        return x[self.index]
+
+    def backward(self, dy, need_dx=True):
+        grads = OutputGrads([None] * self._n)
+        grads[self.index] = dy
+        return grads, []
+
+
+class OutputGrads(list):
+    """The gradient of a several-output call: one array (or None: that output is not used)
+    per output; ``+`` adds them output by output (a fan-out of the tuple)."""
+
+    def __add__(self, other):
+        return OutputGrads(a if b is None else (b if a is None else a + b) for a, b in zip(self, other))
+
+
+def n_outputs(layer):
+    """How many outputs a call of ``layer`` gives (``Layer.n_outputs``, default 1)."""
+    return int(getattr(layer, "n_outputs", 1))
+
+
 @dataclass
 class Graph:
     """``inputs``/``outputs``: tensor ids; ``input_layers``: the InputLayer of each input;
     ``input_names``/``output_names``: the model's names for them (dict-keyed models);
-    ``output_structure``: "single", "list" or "dict"; ``aliases``: extra names of tensors
+    ``output_structure``: "single", "list", "dict" or "nested" (``output_template``: nested
+    lists of output positions, e.g. ``[0, [1, 2], 3]`` for an RNN of stacked LSTM cells whose
+    call is the model's output: Keras nests each cell's states); ``aliases``: extra names of tensors
     (a nested model's output is also named after the nested model's call)."""
     inputs: list
     outputs: list
@@ -56,6 +104,7 @@ class Graph:
     input_structure: str = "single"
     output_structure: str = "single"
     n_tensors: int = 0
+    output_template: list = None
     aliases: dict = field(default_factory=dict)
     layer_list: list = field(default_factory=list)
 
@@ -146,6 +195,26 @@ def _io_refs(spec, what, model_name):
     raise ModelFileError(f"model '{model_name}' has no {what}")
 
 
+def _nested_outputs(spec):
+    """``(flat list of [name, node, index] entries, template)`` when ``output_layers`` nests
+    lists of entries (a call whose outputs nest, as ``RNN(StackedRNNCells)``'s states),
+    else None. The template holds each entry's position in the flat list."""
+    def is_entry(item):
+        return isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+    if not isinstance(spec, list) or is_entry(spec) or all(is_entry(i) for i in spec):
+        return None
+    flat = []
+
+    def walk(item, depth):
+        if is_entry(item):
+            flat.append(item)
+            return len(flat) - 1
+        if not isinstance(item, list) or not item or depth > MAX_NESTING:
+            raise ModelFileError(f"malformed output_layers entry {str(item)[:80]}")
+        return [walk(i, depth + 1) for i in item]
+    return flat, walk(spec, 0)
+
+
 def entry_name(entry):
     return entry.get("name") or (entry.get("config") or {}).get("name")
 
@@ -192,6 +261,11 @@ def _sequential(cfg, entries, name, make_layer, make_input, depth, ids):
             if getattr(obj, "multi_input", False):
                 raise UnsupportedLayerError(f"layer '{lname}' ({e.get('class_name')}) takes several "
                                             "inputs and cannot be part of a Sequential model")
+            if n_outputs(obj) > 1:
+                raise UnsupportedLayerError(f"layer '{lname}' ({e.get('class_name')}) gives "
+                                            f"{n_outputs(obj)} outputs (return_state=True, or a "
+                                            "Bidirectional with merge_mode=None), which a "
+                                            "Sequential model cannot pass on; use a Functional model")
             out = ids.new()
             graph.nodes.append(Node(obj, [t], out, lname))
             t = out
@@ -211,7 +285,9 @@ def _functional(cfg, entries, name, make_layer, make_input, depth, ids):
             raise ModelFileError(f"model '{name}': two layers are named '{lname}'")
         by_name[lname], order[lname] = e, i
     in_kind, in_names, in_refs = _io_refs(cfg.get("input_layers"), "input_layers", name)
-    out_kind, out_names, out_refs = _io_refs(cfg.get("output_layers"), "output_layers", name)
+    nested = _nested_outputs(cfg.get("output_layers"))
+    out_kind, out_names, out_refs = _io_refs(nested[0] if nested else cfg.get("output_layers"),
+                                             "output_layers", name)
     for r in out_refs:
         # Keras numbers a nested Functional model's calls from 1 in input/output_layers
         # (its node 0 is its own), from 0 in inbound nodes (functional_from_config)
@@ -287,7 +363,8 @@ def _functional(cfg, entries, name, make_layer, make_input, depth, ids):
         raise ModelFileError(f"model '{name}': the graph has a cycle through layer(s) "
                              f"{', '.join(stuck[:5])}; the file is corrupt")
 
-    graph = Graph([], [], [], [], in_names, out_names, in_kind, out_kind)
+    graph = Graph([], [], [], [], in_names, out_names, in_kind, "nested" if nested else out_kind)
+    graph.output_template = nested[1] if nested else None
     tensors = {}       # (layer, node_index, tensor_index) -> tensor id
     objects = {}       # layer name -> Layer or nested Graph (built once: shared)
     for key in topo:
@@ -316,6 +393,11 @@ def _functional(cfg, entries, name, make_layer, make_input, depth, ids):
         graph.nodes.append(Node(obj, [None if r is None else _tensor(tensors, r, call_name) for r in inputs],
                                 t, call_name, options))
         tensors[(lname, k, 0)] = t
+        if n_outputs(obj) > 1:  # the call's tensor is a tuple: one item node per output
+            for j in range(n_outputs(obj)):
+                tensors[(lname, k, j)] = ids.new()
+                graph.nodes.append(Node(OutputItem(j, obj), [t], tensors[(lname, k, j)],
+                                        f"{call_name}[{j}]"))
         if len(graph.nodes) > MAX_NODES:
             raise ModelFileError(f"model '{name}' has more than {MAX_NODES} nodes")
     for r in in_refs:

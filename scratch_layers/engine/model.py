@@ -32,11 +32,17 @@ def _input_kind(input_layer, readers):
     takes, from its dtype and what its readers declare (``Layer.input_kind``)."""
     dtype = str(getattr(input_layer, "dtype", "float32"))
     text = next((l for l in readers if l.input_kind == "string"), None)
-    if dtype == "string" or text is not None:
-        return "string", text
+    if dtype == "string" or text is not None:  # (Hashing reads strings or numbers)
+        return "string", text or next((l for l in readers if hasattr(l, "as_strings")), None)
     if dtype.startswith(("int", "uint")) or any(l.input_kind == "int" for l in readers):
         return "int", None
     return "float", None
+
+
+def _output_array(o, dtype):
+    """A model output in the compute dtype; strings (an inverted StringLookup) stay strings."""
+    o = np.asarray(o)
+    return o if o.dtype.kind in "OUS" else o.astype(dtype, copy=False)
 
 
 class Model:
@@ -124,7 +130,8 @@ class Model:
             except ValueError as e:
                 if isinstance(e, ScratchError) and not isinstance(e, InputError):
                     raise
-                if not exact:
+                # a lookup without OOV buckets refuses the dummy token: that proves nothing
+                if not exact or getattr(step[0], "dummy_input_may_fail", False):
                     raise _Inexact() from None
                 layer = step[0]
                 shapes = ", ".join(str((None,) + np.shape(x)[1:]) for x in xs if x is not None)
@@ -142,8 +149,9 @@ class Model:
         """``(one dummy sample per input or None, whether their shapes are exact)``."""
         probe, exact = [], True
         for layer, kind in zip(self.input_layers, self.input_kinds):
-            if kind == "string":
-                probe.append(np.array(["a"], dtype=object))
+            if kind == "string":  # "a" in the input's shape ((1,) when it has none)
+                dims = tuple(1 if d is None else int(d) for d in (layer.batch_shape or (None,))[1:])
+                probe.append(np.full((1,) + dims, "a", dtype=object))
                 exact = exact and not self._keras_batches
                 continue
             shape = layer.batch_shape
@@ -189,6 +197,12 @@ class Model:
 
         def record(step, y, live):
             for node in step.nodes:
+                if getattr(node.layer, "hidden", False):
+                    continue  # an OutputItem: its output is recorded with the call's
+                if isinstance(y, tuple):  # several outputs: ``name``, ``name[1]``, ...
+                    for j, item in enumerate(y):
+                        outs[node.name if j == 0 else f"{node.name}[{j}]"] = np.asarray(item)
+                    continue
                 outs[node.name] = np.asarray(y)
             for alias in names.get(step.output, ()):
                 outs[alias] = np.asarray(y)
@@ -199,6 +213,10 @@ class Model:
         """The outputs as Keras returns them: one array, a list, or a dict by name."""
         if self.graph.output_structure == "dict":
             return dict(zip(self.output_names, outs))
+        if self.graph.output_structure == "nested":
+            def build(item):
+                return [build(i) for i in item] if isinstance(item, list) else outs[item]
+            return build(self.graph.output_template)
         if self.graph.output_structure == "list":
             return list(outs)
         return outs[0]
@@ -224,13 +242,13 @@ class Model:
         if batch_size is not None and int(batch_size) <= 0:
             raise InputError(f"batch_size must be positive, got {batch_size}")
         if n == 0:
-            return [np.asarray(o, dtype=self.dtype) for o in self._run(xs)]
+            return [_output_array(o, self.dtype) for o in self._run(xs)]
         if batch_size:
             chunk = int(batch_size)
         else:
             chunk = KERAS_PREDICT_BATCH if self._keras_batches else self._chunk_size(xs)
         if n <= chunk:
-            return [np.asarray(o, dtype=self.dtype) for o in self._run(xs)]
+            return [_output_array(o, self.dtype) for o in self._run(xs)]
         starts = list(range(0, n, chunk))
         workers = min(self.n_workers, len(starts))
         # Coarse-grained parallelism: each worker thread runs whole chunks with a
@@ -238,7 +256,7 @@ class Model:
         # This scales better than BLAS's own per-matmul threading, especially on
         # busy machines. Results do not depend on the number of workers.
         def work(s):
-            return [np.asarray(o, dtype=self.dtype) for o in self._run([x[s:s + chunk] for x in xs])]
+            return [_output_array(o, self.dtype) for o in self._run([x[s:s + chunk] for x in xs])]
 
         if workers > 1:
             # every chunk, the first included, goes to the pool: with one chunk per
@@ -251,20 +269,22 @@ class Model:
         for j in range(len(parts[0])):
             pieces = [p[j] for p in parts]
             _check_same_shapes(pieces)
-            out = np.empty((n,) + pieces[0].shape[1:], dtype=self.dtype)
+            out = np.empty((n,) + pieces[0].shape[1:], dtype=pieces[0].dtype)
             for s, piece in zip(starts, pieces):
                 out[s:s + chunk] = piece
             outs.append(out)
         return outs
 
     def predict_classes(self, x, batch_size=None):
-        """argmax over the last axis of ``predict(x)`` (of each output)."""
-        out = self.predict(x, batch_size)
-        if isinstance(out, dict):
-            return {k: np.argmax(v, axis=-1) for k, v in out.items()}
-        if isinstance(out, list):
-            return [np.argmax(v, axis=-1) for v in out]
-        return np.argmax(out, axis=-1)
+        """argmax over the last axis of ``predict(x)`` (of each output), in predict's
+        structure: one array, a list, a dict, or nested lists (a stacked RNN's states)."""
+        def classes(out):
+            if isinstance(out, dict):
+                return {k: classes(v) for k, v in out.items()}
+            if isinstance(out, list):
+                return [classes(v) for v in out]
+            return np.argmax(out, axis=-1)
+        return classes(self.predict(x, batch_size))
 
     def intermediate_outputs(self, x, allow_nonfinite=False, batch_size=None):
         """OrderedDict node name -> output of that node (unfused, node by node, in the

@@ -107,6 +107,11 @@ class MultiHeadAttention(MultiInputLayer):
         return heads, key_dim, value_dim, out
 
     @classmethod
+    def _kv_heads(cls, config):
+        """Heads of the key and value projections (all of them here; fewer in GQA)."""
+        return cls._dims(config)[0]
+
+    @classmethod
     def _groups(cls, config):
         return sorted(["query_dense", "key_dense", "value_dense", "output_dense"]
                       + (["gate_dense"] if config.get("use_gate") else []))  # file: _gate_dense, first
@@ -117,9 +122,10 @@ class MultiHeadAttention(MultiInputLayer):
         output, (heads, value_dim, *output_shape); bias without the first kernel axis.
         The input widths are symbols (query's also sizes the default output)."""
         n, h, v, out = cls._dims(config)
+        kv = cls._kv_heads(config)
         out = tuple(out) if out else ("mha_query_dim",)
-        kernels = {"query_dense": ("mha_query_dim", n, h), "key_dense": ("mha_key_dim", n, h),
-                   "value_dense": ("mha_value_dim", n, v), "gate_dense": ("mha_query_dim", n, v),
+        kernels = {"query_dense": ("mha_query_dim", n, h), "key_dense": ("mha_key_dim", kv, h),
+                   "value_dense": ("mha_value_dim", kv, v), "gate_dense": ("mha_query_dim", n, v),
                    "output_dense": (n, v) + out}
         bias = config.get("use_bias", True)
         shapes = []
@@ -155,9 +161,13 @@ class MultiHeadAttention(MultiInputLayer):
         w = {g: weights[i * per:(i + 1) * per] for i, g in enumerate(groups)}
         bias = "de" if self.use_bias else None
         n, h, v = self.heads, self.key_dim, self.value_dim
+        kv = self.kv_heads = self._kv_heads(config)
+        if kv < 1 or n % kv:
+            raise ModelFileError(f"{self.class_name} layer '{self.name}': {n} query heads are not a "
+                                 f"multiple of {kv} key/value heads")
         self.query_dense = sub_einsum("query", "abc,cde->abde", [None, n, h], bias, w["query_dense"])
-        self.key_dense = sub_einsum("key", "abc,cde->abde", [None, n, h], bias, w["key_dense"])
-        self.value_dense = sub_einsum("value", "abc,cde->abde", [None, n, v], bias, w["value_dense"])
+        self.key_dense = sub_einsum("key", "abc,cde->abde", [None, kv, h], bias, w["key_dense"])
+        self.value_dense = sub_einsum("value", "abc,cde->abde", [None, kv, v], bias, w["value_dense"])
         self.gate_dense = (sub_einsum("gate", "abc,cde->abde", [None, n, v], bias,
                                        w["gate_dense"], "sigmoid") if self.use_gate else None)
         k_out = w["output_dense"][0]
@@ -275,8 +285,8 @@ class MultiHeadAttention(MultiInputLayer):
             (lambda lay, x: lay.forward(x))
         gate = proj(self.gate_dense, query) if self.use_gate else None
         q = proj(self.query_dense, query)
-        k = proj(self.key_dense, key)
-        v = proj(self.value_dense, value)
+        k = self._repeat_heads(proj(self.key_dense, key))
+        v = self._repeat_heads(proj(self.value_dense, value))
         dt = q.dtype
         m4 = mask
         while m4 is not None and m4.ndim < 4:   # Keras expands at the heads axis (-3)
@@ -305,6 +315,17 @@ class MultiHeadAttention(MultiInputLayer):
             self._saved = (q, k, v, p, m4, o, gate, xs[2] is None)
         return y
 
+    def _repeat_heads(self, a):
+        """(B, S, kv, H) -> (B, S, heads, H), each key/value head repeated heads/kv times in
+        a row (``ops.repeat(key, heads // kv, axis=2)``); the identity for MHA."""
+        r = self.heads // self.kv_heads
+        return a if r == 1 else np.repeat(a, r, axis=2)
+
+    def _sum_heads(self, d):
+        """The adjoint of :meth:`_repeat_heads`: the gradients of a head's copies add up."""
+        r = self.heads // self.kv_heads
+        return d if r == 1 else d.reshape(d.shape[:2] + (self.kv_heads, r) + d.shape[3:]).sum(axis=3)
+
     def forward(self, xs, masks=None, use_causal_mask=False, constant_attention_mask=None):
         return self._run(xs, masks, use_causal_mask, constant_attention_mask, False)
 
@@ -329,7 +350,8 @@ class MultiHeadAttention(MultiInputLayer):
             dl = np.where(m4, dl, 0.0)
         dl = dl * q.dtype.type(self.scale)
         dq = np.einsum("bnts,bsnh->btnh", dl, k, optimize=True)
-        dk = np.einsum("bnts,btnh->bsnh", dl, q, optimize=True)
+        dk = self._sum_heads(np.einsum("bnts,btnh->bsnh", dl, q, optimize=True))
+        dv = self._sum_heads(dv)
         dquery, grads["query_dense"] = self.query_dense.backward(dq, need_dx)
         dkey, grads["key_dense"] = self.key_dense.backward(dk, need_dx)
         dvalue, grads["value_dense"] = self.value_dense.backward(dv, need_dx)
@@ -343,6 +365,32 @@ class MultiHeadAttention(MultiInputLayer):
         if key_is_value:
             dvalue, dkey = dvalue + dkey, None
         return [dquery, dvalue, dkey, None], flat
+
+
+class GroupQueryAttention(MultiHeadAttention):
+    """Keras ``GroupQueryAttention`` (``keras/src/layers/attention/grouped_query_attention.py``):
+    MultiHeadAttention whose key and value projections have ``num_key_value_heads`` heads
+    (kv), each repeated heads/kv times in a row to meet the ``num_query_heads`` query heads
+    (``ops.repeat(key, heads // kv, axis=2)``). Then the same attention as MHA (one copy of
+    it: TF's ``dot_product_attention``, or with dropout > 0 the Softmax layer's path, the
+    scale 1/sqrt(head_dim) rounded to float32, the same masks, causal and sliding window).
+    The output projection maps back to the query's feature size. Backward: MHA's, with
+    the gradients of a key/value head's copies summed.
+
+    Projections: query ``bqm,muh->bquh``, key/value ``bkm,mvh->bkvh`` (kernel (dim, kv,
+    head_dim)), output ``bquh,uhm->bqm``, gate (``use_gate``) like the query with sigmoid;
+    the same weight groups, file order and Keras order as MultiHeadAttention."""
+
+    python_class_name = "GroupedQueryAttention"  # Keras' class (and weight group) name
+
+    @staticmethod
+    def _dims(config):
+        heads, head_dim = int(config["num_query_heads"]), int(config["head_dim"])
+        return heads, head_dim, head_dim, None
+
+    @classmethod
+    def _kv_heads(cls, config):
+        return int(config["num_key_value_heads"])
 
 
 # ----------------------------------------------------------------------------- Luong/Bahdanau

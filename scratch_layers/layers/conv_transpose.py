@@ -8,6 +8,7 @@ import numpy as np
 from .. import activations
 from ..blas import rows_matmul, rows_matmul_tn
 from ..errors import InputError, ModelFileError
+from .bounds import check_sample_elements
 from .conv import SpatialConv, im2col
 from .layer import Layer, positive_sizes, same_padding
 
@@ -38,6 +39,28 @@ def conv_transpose_pads(size, out, k, stride, padding, dilation):
         raise InputError(f"transposed convolution: output length {out} does not map back to "
                          f"input length {size} with stride {stride}")
     return before, after
+
+
+def check_transpose_sizes(layer, sizes, k_size, strides, padding, output_padding, dilation, filters):
+    """Check, before allocating either, the sample of a transposed convolution's output for
+    an input of spatial ``sizes`` and of the buffer its kernel offsets' slabs are added into
+    (per axis the larger of the output with its pads and the slabs' reach,
+    (k-1)*d + (size-1)*s + 1), against
+    :data:`~scratch_layers.layers.bounds.MAX_SAMPLE_ELEMENTS`
+    (:func:`~scratch_layers.layers.bounds.check_sample_elements`). For ``sizes`` all 1 it
+    is a lower bound from the config alone: a huge stride, kernel dilation or
+    output_padding shows at build time."""
+    op = (None,) * len(sizes) if output_padding is None else output_padding
+    outs = [conv_transpose_length(size, k, s, padding, p, d)
+            for size, k, s, p, d in zip(sizes, k_size, strides, op, dilation)]
+    check_sample_elements(layer, outs + [filters])
+    if min(outs) <= 0:
+        return  # the geometry refuses it
+    pads = [conv_transpose_pads(size, out, k, s, padding, d)
+            for size, out, k, s, d in zip(sizes, outs, k_size, strides, dilation)]
+    reach = [max(out + p0 + p1, (k - 1) * d + (size - 1) * s + 1)
+             for size, out, (p0, p1), k, s, d in zip(sizes, outs, pads, k_size, strides, dilation)]
+    check_sample_elements(layer, reach + [filters], "padded output")
 
 
 def conv_transpose_geometry(x_shape, k_shape, strides, padding, output_padding, dilation):
@@ -130,12 +153,18 @@ class Conv2DTranspose(SpatialConv, Layer):
         self.kernel = np.ascontiguousarray(kernel)  # (kh, kw, F, C)
         self.bias = weights[1] if self.use_bias else None
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+        self._check_sizes((1, 1))  # a 1x1 input's output: a lower bound, from the config alone
+
+    def _check_sizes(self, hw):
+        check_transpose_sizes(self, hw, self.kernel.shape[:2], self.strides, self.padding,
+                              self.output_padding, self.dilation, self.kernel.shape[2])
 
     @property
     def in_channels(self):
         return self.kernel.shape[3]
 
     def _z(self, x4):
+        self._check_sizes(x4.shape[1:3])
         z = conv_transpose2d(x4, self.kernel, self.strides, self.padding, self.output_padding,
                              self.dilation)
         if self.bias is not None:

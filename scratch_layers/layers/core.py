@@ -7,9 +7,16 @@ from ..errors import InputError, NoBackwardError
 from ..profiling import gemm
 from .layer import Layer
 
-# Random augmentation layers: Keras transforms the batch with its own RNG in training mode.
+# Random augmentation layers: Keras transforms the batch with its own RNG in training mode
+# and returns it unchanged with training=False (every ``keras.layers.Random*`` of Keras
+# 3.15; RandomCrop too, whose code crops only in training, although its docstring and
+# symbolic output shape say it crops at inference: tests/test_scratch_preprocessing_layers.py).
 RANDOM_AUGMENTATION = ("RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom",
-                       "RandomContrast", "RandomBrightness")
+                       "RandomContrast", "RandomBrightness", "RandomColorDegeneration",
+                       "RandomColorJitter", "RandomCrop", "RandomElasticTransform", "RandomErasing",
+                       "RandomGaussianBlur", "RandomGrayscale", "RandomHue", "RandomInvert",
+                       "RandomPerspective", "RandomPosterization", "RandomSaturation",
+                       "RandomSharpness", "RandomShear")
 # Noise layers whose training-mode randomness scratch_layers does not reproduce.
 RANDOM_NOISE = ("GaussianNoise", "GaussianDropout", "AlphaDropout")
 DROPOUT = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")

@@ -1,9 +1,10 @@
-"""Normalization layers: ``BatchNormalization``, ``LayerNormalization``, ``UnitNormalization``."""
+"""Normalization layers: ``BatchNormalization``, ``LayerNormalization``, ``UnitNormalization``,
+``GroupNormalization``, ``RMSNormalization``."""
 import numpy as np
 
 from ..blas import block_sum, for_blocks
-from ..errors import InputError
-from ..ops import l2_normalize, l2_normalize_grad
+from ..errors import InputError, ModelFileError
+from ..ops import l2_normalize, l2_normalize_grad, sum_to_shape
 from .layer import Layer, axis_list
 
 
@@ -272,3 +273,153 @@ class UnitNormalization(Layer):
             return None, []
         x, r, inv = self._saved
         return l2_normalize_grad(x, dy, self._axes(x), r, inv, self.EPSILON), []
+
+
+class GroupNormalization(Layer):
+    """Keras' GroupNormalization: the C channels of ``axis`` split into G = ``groups``
+    groups of C/G consecutive channels (``groups=-1``: G = C, instance normalization); per
+    sample and group, over the group's channels and every other non-batch axis:
+    mu = mean(x), var = mean((x - mu)^2) (tf.nn.moments), inv = 1 / sqrt(var + epsilon),
+    computed as Keras writes it: y = x * (inv gamma) + (beta - mu * inv gamma)
+    (gamma/beta per channel, absent when ``scale``/``center`` is False).
+
+    Backward, with xhat = (x - mu) inv, dxh = gamma dy and means over a group's cells:
+    dgamma = sum(dy xhat), dbeta = sum(dy) over all but the channel axis;
+    dx = inv (dxh - mean(dxh) - xhat mean(dxh xhat))."""
+
+    supports_masking = True
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """[gamma], [beta]: (channels,)."""
+        n = int(bool(config.get("scale", True))) + int(bool(config.get("center", True)))
+        return [("channels",)] * n
+
+    def __init__(self, config, weights, class_name=None):
+        self.scale = bool(config.get("scale", True))
+        self.center = bool(config.get("center", True))
+        self.n_weights = int(self.scale) + int(self.center)
+        super().__init__(config, weights, class_name)
+        axis = config.get("axis", -1)
+        if isinstance(axis, list):
+            if len(axis) != 1:
+                raise self.unsupported("axis", axis, "GroupNormalization normalizes along one axis")
+            axis = axis[0]
+        self.axis = int(axis)
+        self.groups = int(config.get("groups", 32))
+        if self.groups < 1 and self.groups != -1:
+            raise ModelFileError(f"{self.class_name} layer '{self.name}': groups={self.groups} must "
+                                 "be a positive integer or -1")
+        w = list(weights)
+        self.gamma = w.pop(0) if self.scale else None
+        self.beta = w.pop(0) if self.center else None
+        self.eps = float(config.get("epsilon", 1e-3))
+
+    def _grouped(self, x):
+        """(x as (..., G, C/G, ...) with the groups at ``axis``, the reduction axes, the
+        broadcast shape of a per-channel vector)."""
+        if x.ndim < 2:
+            raise InputError(f"{self.class_name} layer '{self.name}': expected a batch with a "
+                             f"channel axis, got shape {x.shape}")
+        a = self.axis % x.ndim
+        c = x.shape[a]
+        g = c if self.groups == -1 else self.groups
+        if a == 0 or c % g:
+            raise InputError(f"{self.class_name} layer '{self.name}': {c} channels on axis "
+                             f"{self.axis} of input shape {x.shape} do not split into {g} groups")
+        xg = x.reshape(x.shape[:a] + (g, c // g) + x.shape[a + 1:])
+        red = tuple(i for i in range(1, xg.ndim) if i != a)
+        shape = [1] * xg.ndim
+        shape[a:a + 2] = [g, c // g]
+        return xg, red, shape
+
+    def _normalize(self, x):
+        xg, red, shape = self._grouped(x)
+        mean = xg.mean(axis=red, keepdims=True)
+        centered = xg - mean
+        var = np.mean(centered * centered, axis=red, keepdims=True)
+        inv = 1.0 / np.sqrt(var + self.eps)
+        scale = inv if self.gamma is None else inv * self.gamma.reshape(shape)
+        shift = -mean * scale
+        if self.beta is not None:
+            shift = shift + self.beta.reshape(shape)
+        y = xg * scale + shift
+        return y.reshape(x.shape), centered * inv, inv, red, shape
+
+    def forward(self, x, mask=None):
+        return self._normalize(x)[0]
+
+    def forward_train(self, x, mask, ctx):
+        y, xhat, inv, red, shape = self._normalize(x)
+        self._saved = (xhat, inv, red, shape)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        xhat, inv, red, shape = self._saved
+        dyg = dy.reshape(xhat.shape)
+        other = tuple(i for i, n in enumerate(shape) if n == 1)
+        grads = []
+        if self.gamma is not None:
+            grads.append(np.sum(dyg * xhat, axis=other).reshape(self.gamma.shape))
+        if self.beta is not None:
+            grads.append(np.sum(dyg, axis=other).reshape(self.beta.shape))
+        if not need_dx:
+            return None, grads
+        dxh = dyg if self.gamma is None else dyg * self.gamma.reshape(shape)
+        dx = inv * (dxh - np.mean(dxh, axis=red, keepdims=True)
+                    - xhat * np.mean(dxh * xhat, axis=red, keepdims=True))
+        return dx.reshape(dy.shape), grads
+
+
+class RMSNormalization(Layer):
+    """Keras' RMSNormalization (``keras.ops.rms_normalization``; not LayerNormalization's
+    ``rms_scaling``): r = 1 / sqrt(mean(x^2) + epsilon) over ``axis`` (epsilon inside the
+    root, no centering, default 1e-6), y = x r * scale, the ``scale`` weight (the sizes of
+    ``axis``) multiplied with NumPy's trailing broadcasting, as Keras multiplies it.
+
+    Backward, with u = dy * scale and means over ``axis``: dx = r u - r^3 x mean(u x);
+    dscale = dy x r summed back to scale's shape."""
+
+    n_weights = 1
+
+    @classmethod
+    def weight_shapes(cls, config):
+        """scale: the sizes of the normalized axes (one symbol each)."""
+        return [tuple(f"axis{i}" for i in range(len(axis_list(config.get("axis", -1)))))]
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        self.axis = axis_list(config.get("axis", -1))
+        if not self.axis:
+            raise self.unsupported("axis", config.get("axis"), "one axis or a list of axes")
+        self.eps = float(config.get("epsilon", 1e-6))
+        self.scale = weights[0]
+
+    def _normalize(self, x):
+        axes = tuple(sorted(a % x.ndim for a in self.axis))
+        r = 1.0 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + self.eps)
+        xr = x * r
+        try:
+            y = xr * self.scale
+        except ValueError:
+            raise InputError(f"{self.class_name} layer '{self.name}': its scale of shape "
+                             f"{self.scale.shape} does not broadcast against input shape {x.shape} "
+                             "(Keras multiplies them with trailing broadcasting and fails too)") from None
+        return y, xr, r, axes
+
+    def forward(self, x, mask=None):
+        return self._normalize(x)[0]
+
+    def forward_train(self, x, mask, ctx):
+        y, xr, r, axes = self._normalize(x)
+        self._saved = (x, xr, r, axes)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        x, xr, r, axes = self._saved
+        grads = [sum_to_shape(dy * xr, self.scale.shape)]
+        if not need_dx:
+            return None, grads
+        u = dy * self.scale
+        dx = r * u - r ** 3 * x * np.mean(u * x, axis=axes, keepdims=True)
+        return dx, grads

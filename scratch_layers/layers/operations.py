@@ -304,6 +304,62 @@ Selu = _activation("Selu", "selu")
 Softplus = _activation("Softplus", "softplus")
 Softsign = _activation("Softsign", "softsign")
 LogSigmoid = _activation("LogSigmoid", "log_sigmoid")
+HardTanh = _activation("HardTanh", "hard_tanh")
+SparsePlus = _activation("SparsePlus", "sparse_plus")
+TanhShrink = _activation("TanhShrink", "tanh_shrink")
+
+
+class NumericOptions(Unary):
+    """An activation op whose config options (``options``) are numbers: checked when built,
+    kept as floats."""
+
+    def setup(self):
+        for key in self.options:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ModelFileError(f"{self.where}: {key}={str(value)[:40]!r} must be a number")
+            setattr(self, key, float(value))
+
+
+class SoftShrink(NumericOptions):
+    """ops.soft_shrink(x, threshold): the activation's maths with the op's threshold."""
+    options = {"threshold": 0.5}
+
+    def fn(self, x):
+        return A.soft_shrink(x, self.threshold)
+
+    def dfn(self, x, y, dy):
+        return A.shrink_grad(x, y, dy, self.threshold)
+
+
+class HardShrink(SoftShrink):
+    """ops.hard_shrink(x, threshold)."""
+
+    def fn(self, x):
+        return A.hard_shrink(x, self.threshold)
+
+
+class Squareplus(NumericOptions):
+    """ops.squareplus(x, b)."""
+    options = {"b": 4}
+
+    def fn(self, x):
+        return A.squareplus(x, self.b)
+
+    def dfn(self, x, y, dy):
+        return A._squareplus_grad(x, y, dy, self.b)
+
+
+class Threshold(NumericOptions):
+    """ops.threshold(x, threshold, default_value): x where x > threshold, else
+    default_value (a constant: no gradient)."""
+    options = {"threshold": REQUIRED, "default_value": REQUIRED}
+
+    def fn(self, x):
+        return A.threshold(x, self.threshold, self.default_value)
+
+    def dfn(self, x, y, dy):
+        return A.threshold_grad(x, y, dy, self.threshold)
 
 
 class Softmax(Unary):
@@ -784,7 +840,8 @@ OPS = _OpTable({cls.__name__: cls for cls in (
     Add, Subtract, Multiply, Divide, TrueDivide, Power, Negative, Square, Sqrt, Absolute, Exp,
     Log, Log1p, Expm1, Maximum, Minimum, Clip, Where, Greater, GreaterEqual, Less, LessEqual,
     Equal, NotEqual, LogicalAnd, LogicalOr, LogicalXor, LogicalNot, Relu, Relu6, Sigmoid, Tanh, Softmax, LogSoftmax, Gelu, Silu, HardSigmoid,
-    HardSilu, LeakyRelu, Elu, Selu, Celu, Softplus, Softsign, LogSigmoid, Reshape, Transpose,
+    HardSilu, LeakyRelu, Elu, Selu, Celu, Softplus, Softsign, LogSigmoid, HardTanh, SparsePlus,
+    TanhShrink, SoftShrink, HardShrink, Squareplus, Threshold, Reshape, Transpose,
     ExpandDims, Squeeze, GetItem, Arange, Concatenate, Stack, Mean, Sum, Max, Min, Matmul, Cast)})
 OPS["Abs"] = Absolute
 

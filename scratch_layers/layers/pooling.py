@@ -4,6 +4,7 @@ import numpy as np
 
 from ..blas import for_blocks
 from ..errors import InputError
+from .bounds import check_sample_elements
 from .conv import _out_and_pads, pad2d
 from .layer import KeepsInputOutput, Layer
 
@@ -117,7 +118,22 @@ def _tiled_pool_backward(x, y, dy, pool, mode, dx):
 
 
 class PoolingBackward(KeepsInputOutput):
-    """forward_train and backward of the pooling layers (see :func:`pool2d_backward`)."""
+    """forward_train and backward of the pooling layers (see :func:`pool2d_backward`), and
+    the size check of 'same' pooling's padded input."""
+
+    def check_padded(self, pool, x_shape=None, strides=None):
+        """'same' pooling pads its input to at least the pool size per axis: that padded
+        sample, of the (N, H, W, C) input of ``x_shape`` (None: a 1x1x1 input's, a lower
+        bound from the config alone), is checked against
+        :data:`~scratch_layers.layers.bounds.MAX_SAMPLE_ELEMENTS` before allocating."""
+        if self.padding != "same":
+            return
+        if x_shape is None:
+            check_sample_elements(self, pool, "padded input")
+            return
+        dims = [size + before + after for size, k, s in zip(x_shape[1:3], pool, strides)
+                for _, before, after in [_out_and_pads(size, k, s, 1, "same")]]
+        check_sample_elements(self, dims + [x_shape[-1]], "padded input")
 
     def forward_train(self, x, mask, ctx):
         """``forward`` in blocks of samples on the worker threads (windows never cross
@@ -159,9 +175,11 @@ class Pooling2D(PoolingBackward, Layer):
         self.padding = self.require("padding", ("valid", "same"), "valid")
         self.pool = self.sizes("pool_size", 2, 2)
         self.strides = self.pool if config.get("strides") is None else self.sizes("strides", 2, 1)
+        self.check_padded(self.pool)
 
     def forward(self, x, mask=None):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
+        self.check_padded(self.pool, x.shape, self.strides)
         y = pool2d(x, self.pool, self.strides, self.padding, self.mode)
         return tf_max_floor(y) if self.mode == "max" else y
 
@@ -188,9 +206,11 @@ class Pooling1D(PoolingBackward, Layer):
         self.padding = self.require("padding", ("valid", "same"), "valid")
         self.pool = self.sizes("pool_size", 1, 2)[0]
         self.stride = self.pool if config.get("strides") is None else self.sizes("strides", 1, 1)[0]
+        self.check_padded((self.pool,))
 
     def forward(self, x, mask=None):
         self.check_rank(x, 3, "sequence batch (N, L, C)")
+        self.check_padded((1, self.pool), x[:, None].shape, (1, self.stride))
         y = pool2d(x[:, None], (1, self.pool), (1, self.stride), self.padding, self.mode)[:, 0]
         return tf_max_floor(y) if self.mode == "max" else y
 
@@ -204,7 +224,7 @@ class AveragePooling1D(Pooling1D):
 
 
 class GlobalPooling(Layer):
-    """Global{Average,Max}Pooling{1,2}D: reduce all spatial axes; ``keepdims`` option.
+    """Global{Average,Max}Pooling{1,2,3}D: reduce all spatial axes; ``keepdims`` option.
     GlobalAveragePooling1D honours a mask (mean over unmasked steps), like Keras."""
 
     mode = "avg"
@@ -256,3 +276,5 @@ GlobalAveragePooling2D = _global("avg", 2)
 GlobalMaxPooling2D = _global("max", 2)
 GlobalAveragePooling1D = _global("avg", 1)
 GlobalMaxPooling1D = _global("max", 1)
+GlobalAveragePooling3D = _global("avg", 3)
+GlobalMaxPooling3D = _global("max", 3)

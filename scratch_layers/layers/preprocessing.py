@@ -1,9 +1,13 @@
-"""Preprocessing layers that compute at inference: ``Rescaling``, ``Normalization``."""
+"""Preprocessing layers that compute at inference: ``Rescaling``, ``Normalization``, and the
+categorical ones, ``CategoryEncoding`` and ``Discretization`` with the encoding maths that
+Hashing and the lookup layers share (``encode_categorical``)."""
 import numpy as np
 
 from ..errors import InputError, ModelFileError
 from ..ops import KERAS_EPSILON
+from .bounds import check_sample_elements
 from .layer import Layer, axis_list
+from .text import decode_input
 
 
 class Rescaling(Layer):
@@ -106,3 +110,162 @@ class Normalization(Layer):
         if not need_dx:
             return None, grads
         return (dy * self._std if self.invert else dy / self._std), grads
+
+
+# ----------------------------------------------------------------------------- categorical
+# CategoryEncoding, Discretization, Hashing and the lookup layers share Keras'
+# ``encode_categorical_inputs`` (keras/src/utils/numerical_utils.py, TF backend): one copy.
+
+CATEGORICAL_MODES = ("one_hot", "multi_hot", "count")
+
+
+def positive_int(value, where, option):
+    """A config value that must be an integer >= 1 (sizes, bin and token counts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelFileError(f"{where}: {option}={str(value)[:60]} is not a positive integer; the "
+                             "file was not written by Keras or is corrupt")
+    return value
+
+
+def categorical_mode(layer, extra=()):
+    """``output_mode`` with Keras' deprecated alias ('binary' = 'multi_hot')."""
+    mode = layer.config.get("output_mode", extra[0] if extra else "multi_hot")
+    if mode == "binary":
+        mode = "multi_hot"
+    if mode not in tuple(extra) + CATEGORICAL_MODES:
+        raise layer.unsupported("output_mode", mode, f"supported: {list(extra) + list(CATEGORICAL_MODES)}")
+    return mode
+
+
+def integer_ids(x, layer):
+    """Integer input as int64: integer arrays as they are, float arrays only when every
+    value is integral (Keras would truncate 1.7 to 1; we refuse), anything else refused."""
+    x = np.asarray(x)
+    if x.dtype.kind in "iub":
+        return x.astype(np.int64, copy=False)
+    if x.dtype.kind == "f":
+        if not np.isfinite(x).all() or (x != np.trunc(x)).any():
+            raise InputError(f"{layer.class_name} layer '{layer.name}': expected integer ids, got "
+                             "non-integral or non-finite floats")
+        return x.astype(np.int64)
+    raise InputError(f"{layer.class_name} layer '{layer.name}': expected integer ids, got dtype {x.dtype}")
+
+
+def encode_categorical(ids, mode, depth, dtype, layer):
+    """Keras' ``encode_categorical_inputs`` on int64 ``ids`` (TF backend):
+
+    * one_hot: a trailing axis of size 1 is dropped, then ``(..., depth)`` with a 1 at each
+      id (``tf.one_hot``: an id outside [0, depth) gives a row of zeros);
+    * multi_hot / count (``tf.math.bincount`` along the last axis of (N, k) ids): whether /
+      how often each id occurs in the row; ids >= depth are dropped and negative ids refused,
+      as TF's DenseBincount does. (Keras counts a rank-1 input over the whole batch; that
+      depends on the batch, so it is refused: give the input a feature axis.)"""
+    where = f"{layer.class_name} layer '{layer.name}'"
+    if mode == "one_hot":
+        if ids.ndim > 1 and ids.shape[-1] == 1:
+            ids = ids[..., 0]
+        check_sample_elements(layer, ids.shape[1:] + (depth,))
+        out = np.zeros(ids.shape + (depth,), dtype=dtype)
+        flat = ids.ravel()
+        hit = (flat >= 0) & (flat < depth)
+        out.reshape(-1, depth)[np.nonzero(hit)[0], flat[hit]] = 1
+        return out
+    if ids.ndim != 2:
+        raise InputError(f"{where}: output_mode='{mode}' needs input of shape (batch, k), got "
+                         f"{ids.shape}" + (" (Keras would count over the whole batch; reshape the "
+                                           "input to (batch, 1))" if ids.ndim == 1 else ""))
+    if (ids < 0).any():
+        raise InputError(f"{where}: output_mode='{mode}' got a negative id ({int(ids.min())}); "
+                         "TensorFlow's bincount refuses those too")
+    check_sample_elements(layer, (depth,))
+    n = ids.shape[0]
+    keep = ids < depth
+    rows = np.broadcast_to(np.arange(n)[:, None], ids.shape)[keep]
+    counts = np.bincount(rows * depth + ids[keep], minlength=n * depth).reshape(n, depth)
+    if mode == "multi_hot":
+        counts = np.minimum(counts, 1)
+    return counts.astype(dtype)
+
+
+def as_string_array(x, layer):
+    """String input of any shape as an object array of ``str``; ``bytes`` are read as
+    TensorFlow reads them (UTF-8, an undecodable byte kept as a lone surrogate, so it
+    matches no token and hashes as the original bytes)."""
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x, dtype=object)
+    if arr.dtype.kind not in "OUS":
+        raise InputError(f"{layer.class_name} layer '{layer.name}': expected strings (str or bytes), "
+                         f"got an array of dtype {arr.dtype}")
+
+    def one(v):
+        if isinstance(v, bytes):
+            return decode_input(v)
+        if isinstance(v, str):
+            return v
+        raise InputError(f"{layer.class_name} layer '{layer.name}': expected strings (str or bytes), "
+                         f"got {type(v).__name__} {v!r}")
+    flat = arr.astype(object).ravel().tolist()
+    out = np.empty(len(flat), dtype=object)
+    out[:] = [one(v) for v in flat]
+    return out.reshape(arr.shape)
+
+
+class CategoryEncoding(Layer):
+    """``keras.layers.CategoryEncoding(num_tokens, output_mode)``: integer ids encoded by
+    :func:`encode_categorical` (one_hot, multi_hot, count) in the compute dtype. No
+    gradient (its input is ids); ``count_weights`` (a second tensor) is refused."""
+
+    input_kind = "int"
+    float_dtype = np.float64  # the output's dtype (Model.astype sets it)
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        where = f"CategoryEncoding layer '{self.name}'"
+        self.num_tokens = positive_int(config.get("num_tokens"), where, "num_tokens")
+        self.output_mode = categorical_mode(self)
+        self.require("sparse", (False,), False)
+        check_sample_elements(self, (self.num_tokens,))
+
+    def forward(self, x, mask=None):
+        return encode_categorical(integer_ids(x, self), self.output_mode, self.num_tokens,
+                                  self.float_dtype, self)
+
+
+class Discretization(Layer):
+    """``keras.layers.Discretization(bin_boundaries, output_mode)``: the bin of each value,
+    the number of boundaries <= x (TF's ``Bucketize``, whose boundaries are a list(float)
+    attribute: float32-rounded, in a float64 model too; NaN falls in the last bin).
+    output_mode int gives int32 bins; one_hot / multi_hot / count encode them (depth =
+    boundaries + 1). The boundaries come from the config (``adapt()`` writes them there).
+    No gradient."""
+
+    float_dtype = np.float64
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        self.output_mode = categorical_mode(self, ("int",))
+        self.require("sparse", (False,), False)
+        bounds = config.get("bin_boundaries")
+        if bounds is None:
+            raise ModelFileError(f"Discretization layer '{self.name}': no bin_boundaries in the "
+                                 "config (the layer was never adapted; Keras cannot run it either)")
+        try:
+            b = np.asarray([float(v) for v in bounds], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ModelFileError(f"Discretization layer '{self.name}': bin_boundaries are not "
+                                 "numbers; the file was not written by Keras or is corrupt") from None
+        if b.ndim != 1 or (np.diff(b) < 0).any() or np.isnan(b).any():
+            raise ModelFileError(f"Discretization layer '{self.name}': bin_boundaries are not a "
+                                 "sorted list of numbers (TF's Bucketize refuses them)")
+        self.boundaries = b.astype(np.float64)
+        if self.output_mode != "int":
+            check_sample_elements(self, (len(b) + 1,))
+
+    def forward(self, x, mask=None):
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise InputError(f"Discretization layer '{self.name}': expected numbers, got dtype {x.dtype}")
+        bins = np.searchsorted(self.boundaries, x, side="right")
+        if self.output_mode == "int":
+            return bins.astype(np.int32)
+        return encode_categorical(bins.astype(np.int64), self.output_mode, len(self.boundaries) + 1,
+                                  self.float_dtype, self)

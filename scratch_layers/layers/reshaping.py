@@ -2,8 +2,11 @@
 import numpy as np
 
 from ..errors import InputError, ModelFileError
+from .bounds import check_sample_elements
 from .conv import pad2d
+from .conv3d import pad3d
 from .layer import Layer
+from .resizing import axis_operator
 
 
 class Flatten(Layer):
@@ -65,15 +68,17 @@ class Permute(Layer):
 
 
 class ZeroPadding2D(Layer):
+    """ZeroPadding2D on (N, H, W, C): ``padding`` zeros around H and W (int, two ints, or two
+    (before, after) pairs). Backward: the middle of dy. The padded size is checked against
+    :data:`~scratch_layers.layers.bounds.MAX_SAMPLE_ELEMENTS` before allocating (from the
+    config alone when built, on the real shape per call)."""
+
     def __init__(self, config, weights, class_name=None):
         super().__init__(config, weights, class_name)
         self.require("data_format", ("channels_last", None), "channels_last")
-        p = config.get("padding", 1)
-        if isinstance(p, int):
-            p = ((p, p), (p, p))
-        elif isinstance(p[0], int):
-            p = ((p[0], p[0]), (p[1], p[1]))
-        self.pads = tuple(tuple(int(v) for v in q) for q in p)
+        self.pads = _pairs(config.get("padding", 1), 2, f"{self.class_name} layer '{self.name}'",
+                           "padding")
+        check_sample_elements(self, [a + b + 1 for a, b in self.pads])  # a 1x1 input's: a lower bound
 
     def absorb(self, following):
         """A convolution that pads its own input instead (ResNet50's and MobileNetV2's
@@ -82,6 +87,7 @@ class ZeroPadding2D(Layer):
 
     def forward(self, x, mask=None):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
+        check_sample_elements(self, _padded(x.shape, self.pads))
         return pad2d(x, self.pads)
 
     def forward_train(self, x, mask, ctx):
@@ -114,6 +120,12 @@ def _pairs(value, n, where, option):
         raise ModelFileError(f"{where}: {option}={value!r} must be {n} pair(s) of non-negative "
                              "integers; the file was not written by Keras or is corrupt")
     return tuple(pairs)
+
+
+def _padded(shape, pads):
+    """The sample shape of an (N, *spatial, C) array of ``shape`` zero-padded by ``pads``
+    (one (before, after) pair per spatial axis)."""
+    return [s + a + b for s, (a, b) in zip(shape[1:-1], pads)] + [shape[-1]]
 
 
 class Cropping2D(Layer):
@@ -166,9 +178,11 @@ class ZeroPadding1D(Layer):
         self.require("data_format", ("channels_last", None), "channels_last")
         self.pads = _pairs(config.get("padding", 1), 1, f"{self.class_name} layer '{self.name}'",
                            "padding")[0]
+        check_sample_elements(self, [sum(self.pads) + 1])  # a length-1 input's: a lower bound
 
     def forward(self, x, mask=None):
         self.check_rank(x, 3, "sequence batch (N, L, C)")
+        check_sample_elements(self, _padded(x.shape, (self.pads,)))
         return pad2d(x[:, None], ((0, 0), self.pads))[:, 0]
 
     def forward_train(self, x, mask, ctx):
@@ -185,26 +199,19 @@ def bilinear_weights(size, factor):
     """TF's ResizeBilinear with half-pixel centers along one axis, as a (size*factor, size)
     matrix A (out = A @ in): for output cell o, t = (o + 0.5) / factor - 0.5 computed in
     float32 like TF's kernel (scale = size / out as float32), lo = max(floor(t), 0),
-    hi = min(ceil(t), size - 1), w = t - floor(t); A[o, lo] += 1 - w, A[o, hi] += w."""
-    out = size * factor
-    scale = np.float32(size) / np.float32(out)
-    t = (np.arange(out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    floor = np.floor(t)
-    lerp = (t - floor).astype(np.float64)
-    lo = np.maximum(floor.astype(np.int64), 0)
-    hi = np.minimum(np.ceil(t).astype(np.int64), size - 1)
-    a = np.zeros((out, size))
-    rows = np.arange(out)
-    np.add.at(a, (rows, lo), 1.0 - lerp)
-    np.add.at(a, (rows, hi), lerp)
-    return a
+    hi = min(ceil(t), size - 1), w = t - floor(t); A[o, lo] += 1 - w, A[o, hi] += w.
+    The one copy of these weights is Resizing's (:func:`resizing.axis_operator`)."""
+    return axis_operator("bilinear", size, size * factor).dense()
 
 
 class UpSampling2D(Layer):
     """UpSampling2D, ``size`` (fh, fw). nearest: y[:, i, j] = x[:, i // fh, j // fw] (repeat);
     bilinear: Keras' ops.image.resize (TF ResizeBilinear, half-pixel centers, no antialias),
     y = A_h x A_w^T per sample and channel with :func:`bilinear_weights`.
-    Backward: nearest sums each fh x fw block of dy; bilinear dx = A_h^T dy A_w."""
+    Backward: nearest sums each fh x fw block of dy; bilinear dx = A_h^T dy A_w.
+    The output size (and the bilinear matrices') is checked against
+    :data:`~scratch_layers.layers.bounds.MAX_SAMPLE_ELEMENTS` before allocating (from the
+    config alone when built, on the real shape per call)."""
 
     spatial = 2
 
@@ -212,6 +219,7 @@ class UpSampling2D(Layer):
         super().__init__(config, weights, class_name)
         self.require("data_format", ("channels_last", None), "channels_last")
         self.size = self.sizes("size", self.spatial, 2)
+        check_sample_elements(self, self.size)  # the output of one cell: a lower bound
         if self.spatial == 2:
             self.interpolation = self.require("interpolation", ("nearest", "bilinear"), "nearest")
         else:
@@ -226,11 +234,14 @@ class UpSampling2D(Layer):
 
     def forward(self, x, mask=None):
         self.check_rank(x, self.spatial + 2)
+        check_sample_elements(self, [s * f for s, f in zip(x.shape[1:-1], self.size)] + [x.shape[-1]])
         if self.interpolation == "nearest":
             for axis, factor in enumerate(self.size, start=1):
                 x = np.repeat(x, factor, axis=axis)
             return x
         _, h, w, _ = x.shape
+        for size, factor in ((h, self.size[0]), (w, self.size[1])):
+            check_sample_elements(self, (size * factor, size), "bilinear weights")
         a_h = self._axis_matrix(h, self.size[0], x.dtype)
         a_w = self._axis_matrix(w, self.size[1], x.dtype)
         rows = np.einsum("oh,nhwc->nowc", a_h, x, optimize=True)
@@ -270,9 +281,11 @@ class RepeatVector(Layer):
         self.n = int(config["n"])
         if self.n < 0:
             raise ModelFileError(f"RepeatVector layer '{self.name}': n={self.n} is negative")
+        check_sample_elements(self, (self.n,))  # a 1-feature input's output: a lower bound
 
     def forward(self, x, mask=None):
         self.check_rank(x, 2)
+        check_sample_elements(self, (self.n, x.shape[1]))
         return np.repeat(x[:, None, :], self.n, axis=1)
 
     def forward_train(self, x, mask, ctx):
@@ -280,3 +293,52 @@ class RepeatVector(Layer):
 
     def backward(self, dy, need_dx=True):
         return dy.sum(axis=1), []
+
+
+# ----------------------------------------------------------------------------- 3-D
+
+class Cropping3D(Cropping2D):
+    """Cropping3D on (N, D, H, W, C): y = x[:, a:D-b, c:H-d, e:W-f] (Keras' default: one
+    cell on every side). Backward: dy placed back, zeros in the crop."""
+
+    spatial = 3
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__({"cropping": 1, **config}, weights, class_name)
+        self.config = config  # the file's config (set_weights rebuilds the layer from it)
+
+
+class ZeroPadding3D(Layer):
+    """ZeroPadding3D on (N, D, H, W, C): ``padding`` zeros before and after each spatial axis
+    (int, three ints, or three (before, after) pairs). Backward: the middle of dy.
+    The padded size is checked against :data:`~scratch_layers.layers.bounds.MAX_SAMPLE_ELEMENTS`
+    before allocating (from the config alone when built, on the real shape per call)."""
+
+    def __init__(self, config, weights, class_name=None):
+        super().__init__(config, weights, class_name)
+        self.require("data_format", ("channels_last", None), "channels_last")
+        self.pads = _pairs(config.get("padding", 1), 3, f"{self.class_name} layer '{self.name}'",
+                           "padding")
+        check_sample_elements(self, [a + b + 1 for a, b in self.pads])
+
+    def forward(self, x, mask=None):
+        self.check_rank(x, 5, "volume batch (N, D, H, W, C)")
+        check_sample_elements(self, _padded(x.shape, self.pads))
+        return pad3d(x, self.pads)
+
+    def forward_train(self, x, mask, ctx):
+        self._shape = x.shape
+        return self.forward(x, mask)
+
+    def backward(self, dy, need_dx=True):
+        return dy[(slice(None),) + tuple(slice(a, a + s) for (a, _), s in
+                                         zip(self.pads, self._shape[1:4]))], []
+
+
+class UpSampling3D(UpSampling2D):
+    """UpSampling3D, ``size`` (fd, fh, fw), nearest (Keras' only mode): each cell repeated
+    fd x fh x fw times. Backward sums each block of dy. The output size is checked against
+    :data:`~scratch_layers.layers.bounds.MAX_SAMPLE_ELEMENTS` before allocating (as in
+    UpSampling2D)."""
+
+    spatial = 3

@@ -22,6 +22,11 @@ from .layer import Layer
 # sample), so a hostile config asking for 10**9 would allocate 8 GB per text; real
 # models use at most a few thousand tokens.
 MAX_OUTPUT_SEQUENCE_LENGTH = 100_000
+# The most tokens a vocabulary (TextVectorization, StringLookup, IntegerLookup) may hold,
+# checked before the token list is built: real vocabularies hold at most a few million
+# (fastText's English one 2 million); each token costs ~100 bytes of Python objects.
+MAX_VOCABULARY_TOKENS = 4_000_000
+_LINE_BREAKS = ("\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 STRIP_REGEX = re.compile(r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']')
 _WS_SPLIT = re.compile(r"[ \t\n\r\x0b\x0c]+")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -61,11 +66,18 @@ def _replace_invalid(text):
 
 
 def parse_vocabulary_file(data, where="vocabulary"):
-    """Same parsing as Keras' IndexLookup.load_assets: splitlines, drop trailing empties."""
+    """Same parsing as Keras' IndexLookup.load_assets: splitlines, drop trailing empties.
+    The lines are counted before the list is made: more than MAX_VOCABULARY_TOKENS is a
+    ModelFileError (a 256 MiB file of one-character lines would be 128 million strings)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ModelFileError(f"{where} is not valid UTF-8 ({e}); the file is corrupt") from None
+    breaks = sum(text.count(c) for c in _LINE_BREAKS) - text.count("\r\n")
+    if breaks > MAX_VOCABULARY_TOKENS:
+        raise ModelFileError(f"{where} has {breaks:,} lines, over the cap of {MAX_VOCABULARY_TOKENS:,} "
+                             "tokens (scratch_layers.layers.text.MAX_VOCABULARY_TOKENS); the file is "
+                             "hostile or corrupt")
     lines = text.splitlines()
     while lines and lines[-1] == "":
         lines.pop()
@@ -80,6 +92,7 @@ class TextVectorization(Layer):
     UnsupportedLayerError naming the option."""
 
     input_kind = "string"
+    reads_vocabulary = True  # the loader passes the vocabulary asset to the constructor
 
     @property
     def pads_each_batch(self):

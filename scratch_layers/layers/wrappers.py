@@ -5,6 +5,7 @@ from ..errors import InputError, ModelFileError, UnsupportedLayerError
 from .layer import Layer
 from .recurrent import (
     LSTM,
+    RNN,
     RNNBase,
     SimpleRNN,
     _scatter_time,
@@ -17,7 +18,7 @@ from .recurrent import (
 
 # Keras layers whose call takes a mask (TimeDistributed would give them one timestep's (N,)
 # slice of the mask, which scratch_layers does not reproduce).
-_MASK_CONSUMERS = ("Softmax", "GlobalAveragePooling1D", "SimpleRNN", "LSTM", "GRU",
+_MASK_CONSUMERS = ("Softmax", "GlobalAveragePooling1D", "SimpleRNN", "LSTM", "GRU", "RNN",
                    "Bidirectional", "Attention", "AdditiveAttention", "MultiHeadAttention",
                    "TimeDistributed")
 
@@ -138,7 +139,14 @@ class Bidirectional(Wrapper):
     wrapped RNN run on the same input and mask. As in Keras, both copies use
     ``zero_output_for_mask = return_sequences``; the backward output sequence is
     flipped back to input order only when ``return_sequences``. Merge modes:
-    concat (default), sum, ave, mul."""
+    concat (default), sum, ave, mul, and None (no merge: the two outputs).
+
+    The call's outputs are Keras' (``Bidirectional.call``): the merged output, or with
+    merge_mode None the forward then the backward output; then, with ``return_state``,
+    the forward layer's final states followed by the backward layer's (each layer's own
+    ``return_state`` order, e.g. LSTM h, c). More than one output makes it a call with
+    several outputs (``engine.graph.OutputItem``); only the (merged) outputs carry the
+    mask, the states none."""
 
     recurrent = True
 
@@ -156,60 +164,113 @@ class Bidirectional(Wrapper):
 
     @classmethod
     def check_wrapped(cls, config, class_name, ctor):
-        if not issubclass(ctor, RNNBase):
+        if not issubclass(ctor, (RNNBase, RNN)):
             raise UnsupportedLayerError(
                 f"Bidirectional layer '{config.get('name')}': wrapped layer class '{class_name}' is "
-                f"not supported (supported: SimpleRNN, LSTM, GRU)")
+                f"not supported (supported: SimpleRNN, LSTM, GRU, RNN of their cells, "
+                f"ConvLSTM1D/2D/3D)")
 
     def __init__(self, config, weights, class_name=None, wrapped=()):
         super().__init__(config, weights, class_name, wrapped)
-        self.merge_mode = self.require("merge_mode", ("concat", "sum", "ave", "mul"), "concat")
+        self.merge_mode = self.require("merge_mode", ("concat", "sum", "ave", "mul", None), "concat")
         self.forward_layer, self.backward_layer = self.wrapped
         if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
             raise self.unsupported("go_backwards", self.backward_layer.go_backwards,
                                    "forward and backward layers must differ")
+        for attr in ("return_sequences", "return_state"):  # Keras' _verify_layer_config
+            if getattr(self.forward_layer, attr) != getattr(self.backward_layer, attr):
+                raise ModelFileError(f"Bidirectional layer '{self.name}': the forward and backward "
+                                     f"layers differ in {attr} (Keras requires the same value)")
         self.return_sequences = self.forward_layer.return_sequences
+        self.return_state = self.forward_layer.return_state
+        if self.return_state and self.forward_layer.n_states() != self.backward_layer.n_states():
+            # Keras' compute_output_shape counts the forward layer's states twice, its call
+            # returns each layer's own: the model's outputs do not match its call's
+            raise self.unsupported("return_state", True, "the forward and backward layers have "
+                                   "different numbers of states (e.g. LSTM and GRU), where Keras' "
+                                   "symbolic and real outputs disagree; use layers of one class")
         # Keras forces this in Bidirectional.__init__ (force_zero_output_for_mask)
         for sub in (self.forward_layer, self.backward_layer):
             sub.zero_output_for_mask = sub.return_sequences
 
+    @property
+    def n_merged(self):
+        """How many outputs the merge gives: 1, or 2 with merge_mode None."""
+        return 2 if self.merge_mode is None else 1
+
+    @property
+    def n_outputs(self):
+        """The merged output(s), then with ``return_state`` both layers' states."""
+        states = self.forward_layer.n_states() + self.backward_layer.n_states() if self.return_state else 0
+        return self.n_merged + states
+
+    def _outputs(self, y, y_rev):
+        """Keras' result from the two layers' results (each ``(output, *states)`` with
+        ``return_state``): one array, or the tuple of several outputs."""
+        states = ()
+        if self.return_state:
+            (y, *s), (y_rev, *s_rev) = y, y_rev
+            states = tuple(s) + tuple(s_rev)
+        out = self._merge(y, y_rev)
+        if self.n_outputs == 1:
+            return out
+        return (out if self.merge_mode is None else (out,)) + states
+
     def forward(self, x, mask=None):
-        return self._merge(self.forward_layer.forward(x, mask), self.backward_layer.forward(x, mask))
+        return self._outputs(self.forward_layer.forward(x, mask), self.backward_layer.forward(x, mask))
 
     def forward_train(self, x, mask, ctx):
         y = self.forward_layer.forward_train(x, mask, ctx)
         y_rev = self.backward_layer.forward_train(x, mask, ctx)
-        self._saved = (y, y_rev)
-        return self._merge(y, y_rev)
+        # the two layers' outputs (not their states), backward's in processing order
+        self._saved = (y[0], y_rev[0]) if self.return_state else (y, y_rev)
+        return self._outputs(y, y_rev)
 
     def backward(self, dy, need_dx=True):
-        """Split dy by the merge mode (concat: the two halves; sum: dy, dy; ave: dy/2,
-        dy/2; mul: dy * other), flip the backward half back to processing order, run
-        both layers' backward; dx = dx_fwd + dx_bwd; grads = forward's then backward's."""
+        """Split dy: the merged output's gradient by the merge mode (concat: the two halves;
+        sum: dy, dy; ave: dy/2, dy/2; mul: dy * other; None: each output's own), the
+        states' to their layer; flip the backward half back to processing order, run both
+        layers' backward; dx = dx_fwd + dx_bwd; grads = forward's then backward's. A
+        gradient of None (that output unused) is zero."""
         y, y_rev = self._saved
+        dys = list(dy) if self.n_outputs > 1 else [dy]
+        d_main, d_states = dys[:self.n_merged], dys[self.n_merged:]
         if self.return_sequences:
             y_rev = y_rev[:, ::-1]
-        if self.merge_mode == "concat":
+        if self.merge_mode is None:
+            d, d_rev = d_main
+        elif d_main[0] is None:
+            d = d_rev = None
+        elif self.merge_mode == "concat":
             u = y.shape[-1]
-            d, d_rev = dy[..., :u], dy[..., u:]
+            d, d_rev = d_main[0][..., :u], d_main[0][..., u:]
         elif self.merge_mode == "sum":
-            d, d_rev = dy, dy
+            d = d_rev = d_main[0]
         elif self.merge_mode == "ave":
-            d = d_rev = dy / 2.0
+            d = d_rev = d_main[0] / 2.0
         else:
-            d, d_rev = dy * y_rev, dy * y
-        if self.return_sequences:
+            d, d_rev = d_main[0] * y_rev, d_main[0] * y
+        if self.return_sequences and d_rev is not None:
             d_rev = d_rev[:, ::-1]
-        dx, grads = self.forward_layer.backward(np.ascontiguousarray(d), need_dx)
-        dx_rev, grads_rev = self.backward_layer.backward(np.ascontiguousarray(d_rev), need_dx)
+        k = self.forward_layer.n_states()
+        dx, grads = self.forward_layer.backward(self._layer_dy(d, d_states[:k], y), need_dx)
+        dx_rev, grads_rev = self.backward_layer.backward(self._layer_dy(d_rev, d_states[k:], y_rev),
+                                                         need_dx)
         return (dx + dx_rev if need_dx else None), grads + grads_rev
+
+    def _layer_dy(self, d, d_states, y):
+        """One layer's ``dy``: its output's gradient (zeros when unused), with
+        ``return_state`` followed by its states' (None: unused; the layer reads it so)."""
+        if self.return_state:
+            return [None if d is None else np.ascontiguousarray(d)] + list(d_states)
+        return np.zeros_like(y) if d is None else np.ascontiguousarray(d)
 
     def _can_fuse(self):
         """Whether fused_bidirectional_scan covers this layer (else: two scans)."""
         f, b = self.forward_layer, self.backward_layer
         if type(f) is not type(b) or type(f) not in (SimpleRNN, LSTM):
             return False
-        if f.go_backwards or not b.go_backwards or f.units != b.units:
+        if f.go_backwards or not b.go_backwards or f.units != b.units or f.return_state:
             return False
         if f.return_sequences != b.return_sequences:
             return False
@@ -253,9 +314,9 @@ class Bidirectional(Wrapper):
                 if positions is not None:  # compacted position j -> input position positions[:, j]
                     y, y_rev = _scatter_time(y, positions), _scatter_time(y_rev, positions)
                 y_rev = y_rev[:, ::-1]  # _merge expects the backward output reversed
-            return self._merge(y, y_rev)
-        return self._merge(self.forward_layer.forward_ids(ids, mask, embeddings),
-                           self.backward_layer.forward_ids(ids, mask, embeddings))
+            return self._outputs(y, y_rev)
+        return self._outputs(self.forward_layer.forward_ids(ids, mask, embeddings),
+                             self.backward_layer.forward_ids(ids, mask, embeddings))
 
     def _fused_table(self, embeddings):
         """(2V, G) stacked projection tables [forward; backward] (cached)."""
@@ -270,6 +331,8 @@ class Bidirectional(Wrapper):
     def _merge(self, y, y_rev):
         if self.return_sequences:
             y_rev = y_rev[:, ::-1]
+        if self.merge_mode is None:
+            return (y, y_rev)
         if self.merge_mode == "concat":
             return np.concatenate([y, y_rev], axis=-1)
         if self.merge_mode == "sum":
@@ -279,4 +342,9 @@ class Bidirectional(Wrapper):
         return y * y_rev
 
     def compute_mask(self, x, mask):
-        return mask if self.return_sequences else None
+        """Keras: the input mask on each (merged) output if ``return_sequences``; the
+        states have none."""
+        out = mask if self.return_sequences else None
+        if self.n_outputs == 1:
+            return out
+        return (out,) * self.n_merged + (None,) * (self.n_outputs - self.n_merged)

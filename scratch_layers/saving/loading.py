@@ -22,7 +22,7 @@ from ..errors import ModelFileError, ScratchError, UnsupportedLayerError
 from ..layers import operations
 from ..layers.core import InputLayer
 from ..layers.registry import REFUSED, REGISTRY
-from ..layers.text import TextVectorization, parse_vocabulary_file
+from ..layers.text import parse_vocabulary_file
 from . import safety
 
 
@@ -58,7 +58,10 @@ def _weight_paths(entries):
     for e in entries:
         if _is_op(e):
             continue
-        base = to_snake_case(e.get("class_name", ""))
+        cls = e.get("class_name", "")
+        # Keras names the group after the layer's Python class, which a few export names
+        # differ from (GroupQueryAttention is class GroupedQueryAttention)
+        base = to_snake_case(getattr(REGISTRY.get(cls), "python_class_name", None) or cls)
         if base in used:
             used[base] += 1
             base = f"{base}_{used[base]}"
@@ -128,7 +131,7 @@ def _blueprint(entry, owner=None):
 
 def _construct(bp, weights, vocabulary=None):
     """The layer of a blueprint on its weights (each wrapped layer on its slice, in order)."""
-    if bp.ctor is TextVectorization:
+    if getattr(bp.ctor, "reads_vocabulary", False):  # TextVectorization, String/IntegerLookup
         return bp.ctor(bp.config, weights, bp.class_name, vocabulary=vocabulary)
     if not hasattr(bp.ctor, "wrapped_entries"):
         return bp.ctor(bp.config, weights, bp.class_name)
@@ -202,7 +205,8 @@ def _layer_maker(model_cfg, get_weights, get_vocab, prefix="", owner=()):
                 "or keras.ops.* in the model) in a legacy .h5 file, which does not record that it "
                 "is an operation (Keras cannot load it either); save the model as .keras")
         weights = get_weights(entry, path, list(owner))
-        vocab = get_vocab(entry, path) if entry.get("class_name") == "TextVectorization" else None
+        reads = getattr(REGISTRY.get(entry.get("class_name")), "reads_vocabulary", False)
+        vocab = get_vocab(entry, path) if reads else None
         return _build_layer(entry, weights, vocab, keras_ordered=getattr(get_weights, "keras_ordered", False))
     return make_layer
 
@@ -241,7 +245,8 @@ def _assemble(model_cfg, get_weights, get_vocab):
 def _load_keras_zip(path):
     """Read only what is needed, streamed and capped (see :mod:`scratch_layers.safety`):
     config.json, model.weights.h5 (to a temporary file) and, on demand, the vocabulary
-    of each TextVectorization layer. Other assets are never inflated."""
+    of each layer that reads one (TextVectorization, StringLookup, IntegerLookup). Other
+    assets are never inflated."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:

@@ -109,6 +109,8 @@ def forward_backward(model, x, y, training=False, seed=None, augmentation="error
     xs = as_compute(model, prepare_inputs(model, x))
     ctx = TrainContext(bool(training), np.random.default_rng(seed), augmentation)
     flags = {id(layer): layer.trainable_flags() for layer in model.layers}
+    for node in graph.nodes:  # the internal nodes that pick one output of a call have none
+        flags.setdefault(id(node.layer), [])
     counts = _call_counts(graph)
     # tensors that depend on a trainable weight carry a gradient
     needs = set()

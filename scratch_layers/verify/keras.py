@@ -54,6 +54,9 @@ def float64_twin(keras_model):
     for src, dst in zip(keras_model.layers, twin.layers):
         if isinstance(src, keras.layers.TextVectorization):
             dst.set_vocabulary(src.get_vocabulary())
+        if isinstance(src, (keras.layers.StringLookup, keras.layers.IntegerLookup)) and \
+                src.input_vocabulary is None and src.output_mode != "tf_idf":
+            dst.set_vocabulary(src.get_vocabulary())  # an adapted vocabulary is not in the config
         if isinstance(dst, keras.layers.Normalization):
             dst.finalize_state()  # it caches its statistics; set_weights does not refresh them
     return twin
@@ -72,7 +75,7 @@ def keras_node_outputs(keras_model):
     """``[(name, KerasTensor)]``: the output of every call of a layer or operation in the
     model's graph, named as :meth:`scratch_layers.Model.intermediate_outputs` names them
     (``layer``, ``layer:1`` for its second call in this model, a nested model's call by the
-    nested model's name)."""
+    nested model's name; the further outputs of a call with several, ``layer[1]``, ...)."""
     import keras
 
     keras_model = _graph_of(keras_model)
@@ -85,8 +88,10 @@ def keras_node_outputs(keras_model):
         for index, node in enumerate(op._inbound_nodes):
             if own is not None and f"{id(op)}_ib-{index}" not in own:
                 continue
-            if node.outputs:
-                out.append((op.name if pos == 0 else f"{op.name}:{pos}", node.outputs[0]))
+            name = op.name if pos == 0 else f"{op.name}:{pos}"
+            # a call with several outputs (an RNN's return_state): ``name``, ``name[1]``, ...
+            for j, tensor in enumerate(node.outputs):
+                out.append((name if j == 0 else f"{name}[{j}]", tensor))
             pos += 1
     return out
 
@@ -122,15 +127,41 @@ def twin_tolerance(twin_output) -> float:
     return TWIN_ATOL * max(1.0, scale if np.isfinite(scale) else 1.0)
 
 
-def layer_divergence(keras_model, scratch_model, x) -> list[dict]:
+def backend_node_outputs(model, x, keras_model) -> dict:
+    """``model.intermediate_outputs(x)``; for a backend without it (see
+    :mod:`scratch_layers.verify.backends`), its ``predict(x)`` under the name of the Keras
+    node(s) that produce the model's output(s)."""
+    if callable(getattr(model, "intermediate_outputs", None)):
+        return model.intermediate_outputs(x)
+    out = model.predict(x)
+    outs = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (list, tuple)) else [out]
+    ends = [id(t) for t in _graph_of(keras_model).outputs]
+    named = {id(t): name for name, t in keras_node_outputs(keras_model)}
+    return {named[e]: o for e, o in zip(ends, outs) if e in named}
+
+
+def _node_classes(model, keras_model) -> dict:
+    """Node name -> class: scratch_layers' own, else the Keras operation's."""
+    graph = getattr(model, "graph", None)
+    if graph is not None and hasattr(graph, "nodes"):
+        return {n.name: n.layer.class_name for n in graph.nodes}
+    return {name: type(t._keras_history[0]).__name__ for name, t in keras_node_outputs(keras_model)}
+
+
+def layer_divergence(keras_model, scratch_model, x, precision: str = "float64") -> list[dict]:
     """Per-node table on ``x``, in the order the nodes run: name, class, output shape,
     max |scratch - Keras| with its allclose, and max |scratch - float64 twin| with its
     pass (:func:`twin_tolerance`). Nodes inside a nested model have no Keras output
-    (Keras runs the nested model as one call): their Keras columns are None."""
+    (Keras runs the nested model as one call): their Keras columns are None.
+    ``scratch_model`` may be any backend's model (:func:`backend_node_outputs`); for a
+    float32 one (``precision``) the twin column is reported and ``twin_ok`` is None."""
     kout = keras_intermediate_outputs(keras_model, x)
-    tout = keras_intermediate_outputs(float64_twin(keras_model), as_float64(x))
-    sout = scratch_model.intermediate_outputs(x)
-    classes = {n.name: n.layer.class_name for n in scratch_model.graph.nodes}
+    try:
+        tout = keras_intermediate_outputs(float64_twin(keras_model), as_float64(x))
+    except Exception:  # noqa: BLE001 - TF has no float64 kernel for some ops (MaxPool3D,
+        tout = {}      # AvgPool3D): no twin, its column is n/a and not gated
+    sout = backend_node_outputs(scratch_model, x, keras_model)
+    classes = _node_classes(scratch_model, keras_model)
     rows = []
     for name, s in sout.items():
         k, t = kout.get(name), tout.get(name)
@@ -142,7 +173,7 @@ def layer_divergence(keras_model, scratch_model, x) -> list[dict]:
             "allclose": None if d is None else bool(np.allclose(np.asarray(s, np.float64),
                                                                 np.asarray(k, np.float64), atol=ATOL, rtol=RTOL)),
             "max_abs_diff_float64": d64,
-            "twin_ok": None if d64 is None else bool(d64 <= twin_tolerance(t))})
+            "twin_ok": None if d64 is None or precision == "float32" else bool(d64 <= twin_tolerance(t))})
     return rows
 
 

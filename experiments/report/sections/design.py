@@ -1,8 +1,29 @@
 """The Design section: each family's baseline, what each study varies and holds fixed, the seeds."""
 from __future__ import annotations
 
-from ..markup import esc, table
+from ..markup import esc, pm, table
 from ..names import config_text, metric_name
+
+
+def head_evidence(choice: dict | None, built: str = "") -> str:
+    """Why a text family has its head: the heads' mean ± SD validation macro-F1 of the
+    baseline over seeds (``reports/head_choice.json``, :mod:`experiments.head_choice`);
+    a warning when the runs shown were ``built`` with another head than the chosen one."""
+    if not choice:
+        return ""
+    heads = sorted(choice["heads"].items(), key=lambda kv: -kv[1]["mean"])
+    names = {"final_state": "final state", "pooling": "masked average pooling"}
+    d = choice["difference"]
+    seeds = choice["seeds"]
+    ci = (f", 95% interval {d['ci_low']:+.3f} to {d['ci_high']:+.3f}" if d.get("ci_low") is not None else "")
+    chosen = choice["heads"][choice["chosen"]]["description"]
+    warn = "" if not built or built == chosen else (
+        f" <b>The runs shown were trained with another head than the one validation chose "
+        f"({esc(names.get(choice['chosen'], choice['chosen']))}).</b>")
+    return (f" (chosen on the validation split alone: baseline validation macro-F1 over seeds "
+            f"{seeds[0]}–{seeds[-1]}, "
+            + " vs ".join(f"{esc(names.get(h, h))} {pm(v['mean'], v['std'])}" for h, v in heads)
+            + f"; difference {d['mean_diff']:+.3f}{ci})" + warn)
 
 
 def design_section(doc: dict, families) -> str:
@@ -34,6 +55,7 @@ def design_section(doc: dict, families) -> str:
         out.append(f"<h3>{esc(fam.title)}</h3>")
         out.append(f"<p><b>Baseline:</b> {esc(config_text(fam.name, fam.baseline))}"
                    + (f"; classifier head: {esc(head)}" if head else "") + (f"; {esc(extra)}" if extra else "")
+                   + head_evidence((doc.get("head_choice") or {}).get(fam.name), head)
                    + ". <b>Seeds:</b> " + esc(", ".join(map(str, sd.get("seeds", []))))
                    + (f" (baseline {esc(', '.join(map(str, sd['baseline_seeds'])))})"
                       if sd.get("baseline_seeds") and list(sd["baseline_seeds"]) != list(sd.get("seeds", [])) else "")
