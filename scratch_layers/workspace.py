@@ -9,6 +9,7 @@ temporary, never as an output.
 """
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -20,7 +21,7 @@ def buffer(name, shape, dtype):
     """An uninitialised array of ``shape`` and ``dtype``, backed by this thread's buffer
     ``name`` (reallocated only when it is too small)."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(int(d) for d in shape)  # Python ints: no ufunc call per buffer
     store = getattr(_local, "store", None)
     if store is None:
         store = _local.store = {}

@@ -48,7 +48,10 @@ class ConvMaxPool(FusedPair):
         self.pool, self.strides, self.padding = pool.max_pool_window()
 
     def forward(self, x, mask=None):
-        y = self.pooled_convolution(x)
+        return self.pooled_convolution(x, self.finish)
+
+    def finish(self, y):
+        """activation(y + b) in place on a block of pooled convolution outputs."""
         relu = self.conv.activation is activations.relu
         if not relu:
             tf_max_floor(y)
@@ -61,15 +64,18 @@ class ConvMaxPool(FusedPair):
     def compute_mask(self, x, mask):
         return None
 
-    def pooled_convolution(self, x):
-        """max_pool(conv(x)) without bias and activation, the convolution done in blocks of
-        whole images whose im2col buffer takes at most ``CONV_BLOCK_BYTES``: each block's
-        patch buffer and matmul output stay in the CPU cache however large the chunk is."""
+    def pooled_convolution(self, x, finish=None):
+        """max_pool(conv(x)) without bias and activation (or with ``finish`` applied to
+        each block), the convolution done in blocks of whole images whose im2col buffer
+        takes at most ``CONV_BLOCK_BYTES``: each block's patch buffer, matmul output and
+        pooled output stay in the CPU cache however large the chunk is."""
         conv = self.conv
 
         def block(xs):
             y = conv.convolve_max_pooled(xs, self.pool, self.strides)
-            return y if y is not None else pool2d(conv.convolve(xs), self.pool, self.strides, self.padding, "max")
+            if y is None:
+                y = pool2d(conv.convolve(xs), self.pool, self.strides, self.padding, "max")
+            return finish(y) if finish is not None else y
         conv.check_rank(x, 4, "image batch (N, H, W, C)")
         ho, wo, _ = conv_geometry(x.shape, conv.kernel.shape, conv.strides, conv.padding, conv.dilation,
                                   conv.explicit_pads)
