@@ -36,14 +36,37 @@ _clock = None
 
 def gemm(a, b, out=None):
     """``np.matmul(a, b, out=out)`` for 2-D or stacked (batched) operands, timed when a
-    :func:`gemm_clock` runs."""
+    :func:`gemm_clock` runs. A tall 2-D product with a small (K, N) operand runs in row
+    blocks (:func:`_matmul`)."""
     clock = _clock
     if clock is None:
-        return np.matmul(a, b, out=out)
+        return _matmul(a, b, out)
     start = time.perf_counter()
-    y = np.matmul(a, b, out=out)
+    y = _matmul(a, b, out)
     clock.add(time.perf_counter() - start, 2 * y.size * a.shape[-1])
     return y
+
+
+# OpenBLAS (0.3.x, AVX-512 kernels) multiplies products of at most 10**6 multiply-adds
+# with its small-matrix kernels, which skip packing the operands. For a tall (M, K) @ (K, N)
+# with K*N up to a few thousand that is 1.5-1.7x faster per row than the packed path
+# (measured on the 2-core Xeon: (18432, 27) @ (27, 32) 314 us in one call, 189 us in
+# blocks of 1,024 rows); for larger K*N the packed path is as fast, so it is left alone.
+SMALL_GEMM_MACS = 10 ** 6
+SMALL_GEMM_MAX_KN = 4096
+
+
+def _matmul(a, b, out):
+    m = a.shape[0] if a.ndim == 2 else 0
+    kn = b.shape[0] * b.shape[-1] if b.ndim == 2 else 0
+    if not (a.ndim == 2 and 0 < kn <= SMALL_GEMM_MAX_KN and m * kn > SMALL_GEMM_MACS):
+        return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((m, b.shape[1]), np.result_type(a, b))
+    rows = SMALL_GEMM_MACS // kn
+    for i in range(0, m, rows):
+        np.matmul(a[i:i + rows], b, out=out[i:i + rows])
+    return out
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from .. import workspace
 from ..profiling import gemm
 from . import winograd
 from .activation import ClippedReLU, in_place
+from .bounds import check_sample_elements
 from .layer import Layer, positive_sizes, same_padding, valid_out
 
 
@@ -60,6 +61,24 @@ def conv_geometry(x_shape, k_shape, strides, padding, dilation, explicit_pads=No
     return ho, wo, ((pt, pb), (pl, pr))
 
 
+def check_reach(layer, k_shape, dilation, channels):
+    """Config-time lower bound of a convolution that pads ('same', Conv1D's 'causal'):
+    even a 1x1 input is zero-padded to the kernel's reach (k-1)*d + 1 per axis, with
+    ``channels`` channels; checked against
+    :data:`~scratch_layers.layers.bounds.MAX_SAMPLE_ELEMENTS` when the layer is built
+    (a dilation of 10**9 would pad by gigabytes)."""
+    check_sample_elements(layer, [(k - 1) * d + 1 for k, d in zip(k_shape, dilation)] + [channels],
+                          "zero-padded input")
+
+
+def check_padded(layer, x_shape, pads, channels):
+    """Per call, before padding: the (N, *spatial, C) input of ``x_shape`` zero-padded by
+    ``pads`` (one (before, after) per spatial axis) with ``channels`` channels (C, or C*M
+    in a depthwise tile buffer) against the cap; integer maths only."""
+    check_sample_elements(layer, [s + a + b for s, (a, b) in zip(x_shape[1:-1], pads)] + [channels],
+                          "zero-padded input")
+
+
 def im2col(x, k_shape, strides, dilation, pads, ho, wo, out=None):
     """(N, Ho, Wo, kh, kw, C) contiguous patches: ONE strided view of the padded input,
     copied once (into ``out`` when given); with dilation 1 the (kw, C) axes are one
@@ -94,6 +113,34 @@ def im2col_pool_offsets(x, k_shape, strides, dilation, pads, pool, hp, wp, out):
                        s2 * dilation[1], s3), writeable=False)
     np.copyto(out, view)
     return out
+
+
+def im2col_pool_pairs(x, k_shape, pads, ph, hp, wp, out):
+    """The patches of horizontally adjacent output pairs of a stride-1, undilated
+    convolution under a max pool of size and stride (ph, 2): ``out`` (ph, N, hp, wp, kh,
+    (kw+1)*C) holds at [p, n, i, j] the (kh, kw+1, C) window under outputs (i*ph + p, 2j)
+    and (i*ph + p, 2j + 1). Each patch is kh contiguous runs of (kw+1)*C values, for two
+    outputs: half the runs of :func:`im2col_pool_offsets`, which pays when a run is short
+    (few channels). Multiplied by :func:`pair_kernel`."""
+    n, _, _, c = x.shape
+    kh, kw = k_shape[:2]
+    xp = np.ascontiguousarray(pad2d(x, pads))
+    s0, s1, s2, s3 = xp.strides
+    view = as_strided(xp, (ph, n, hp, wp, kh, (kw + 1) * c), (s1, s0, s1 * ph, s2 * 2, s1, s3),
+                      writeable=False)
+    np.copyto(out, view)
+    return out
+
+
+def pair_kernel(kernel):
+    """(kh*(kw+1)*C, 2*F): the kernel of an output pair over its joint (kh, kw+1, C) patch
+    (:func:`im2col_pool_pairs`): output q of the pair reads the kernel shifted right by q,
+    zeros elsewhere (so each output sums the same products as im2col's, plus exact zeros)."""
+    kh, kw, c, f = kernel.shape
+    pair = np.zeros((kh, kw + 1, c, 2, f), kernel.dtype)
+    pair[:, :kw, :, 0] = kernel
+    pair[:, 1:, :, 1] = kernel
+    return pair.reshape(kh * (kw + 1) * c, 2 * f)
 
 
 def col2im(dz, kernel, x_shape, strides, dilation, pads):
@@ -388,6 +435,19 @@ class Conv2D(AbsorbsAffine, Layer):
         self.kernel = np.ascontiguousarray(weights[0])
         self.bias = weights[1] if self.use_bias else None
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+        if self.spatial == 2:
+            self.check_config_sizes()
+
+    def check_config_sizes(self):
+        """The zero-padded input's lower bound from the config alone (:func:`check_reach`)."""
+        if self.padding == "same" or getattr(self, "causal", False):
+            check_reach(self, self.kernel.shape[:2], self.dilation, self.kernel.shape[2])
+
+    def check_sizes(self, x_shape, pads, ho, wo):
+        """Per call, after the geometry and before any allocation: the zero-padded input
+        and the output against the cap (:func:`check_padded`)."""
+        check_padded(self, x_shape, pads, x_shape[-1])
+        check_sample_elements(self, (ho, wo, self.kernel.shape[-1]))
 
     def convolve(self, x):
         """conv2d(x, kernel) without bias and activation: Winograd where it pays
@@ -396,6 +456,7 @@ class Conv2D(AbsorbsAffine, Layer):
         self.check_last_dim(x, self.kernel.shape[2])
         ho, wo, pads = conv_geometry(x.shape, self.kernel.shape, self.strides, self.padding, self.dilation,
                                      self.explicit_pads)
+        self.check_sizes(x.shape, pads, ho, wo)
         m = self.winograd_tile(x.dtype, ho, wo, len(x))
         if m is not None:
             return winograd.winograd_conv2d(x, self._winograd_kernel(m, x.dtype), m, pads, ho, wo)
@@ -424,6 +485,7 @@ class Conv2D(AbsorbsAffine, Layer):
         k = self.kernel
         ho, wo, pads = conv_geometry(x.shape, k.shape, self.strides, self.padding, self.dilation,
                                      self.explicit_pads)
+        self.check_sizes(x.shape, pads, ho, wo)
         ph, pw = pool
         if tuple(pool) != tuple(pool_strides) or ho % ph or wo % pw:
             return None
@@ -432,6 +494,17 @@ class Conv2D(AbsorbsAffine, Layer):
             return winograd.winograd_conv2d(x, self._winograd_kernel(m, x.dtype), m, pads, ho, wo, pool)
         n, f = len(x), k.shape[-1]
         hp, wp = ho // ph, wo // pw
+        if self.pairs_pay(pool):
+            cols = workspace.buffer("conv_a", (ph, n, hp, wp, k.shape[0], (k.shape[1] + 1) * k.shape[2]), x.dtype)
+            im2col_pool_pairs(x, k.shape, pads, ph, hp, wp, cols)
+            y = gemm(cols.reshape(ph * n * hp * wp, -1), self._derived_kernel("pairs", x.dtype, pair_kernel),
+                     out=workspace.buffer("conv_b", (ph * n * hp * wp, 2 * f), x.dtype))
+            y = y.reshape(ph, n * hp * wp, 2, f)
+            out = np.fmax(y[0, :, 0], y[0, :, 1])
+            for p in range(1, ph):
+                np.fmax(out, y[p, :, 0], out=out)
+                np.fmax(out, y[p, :, 1], out=out)
+            return out.reshape(n, hp, wp, f)
         cols = workspace.buffer("conv_a", (ph, pw, n, hp, wp) + k.shape[:3], x.dtype)
         im2col_pool_offsets(x, k.shape, self.strides, self.dilation, pads, pool, hp, wp, cols)
         y = gemm(cols.reshape(-1, k[..., 0].size), k.reshape(-1, f),
@@ -462,15 +535,33 @@ class Conv2D(AbsorbsAffine, Layer):
         m = winograd.choose_tile(ho, wo)
         return m if n * np.prod(winograd.tiles(ho, wo, m)) >= self.WINOGRAD_MIN_TILES else None
 
+    # Output pairs (im2col_pool_pairs) pay when a patch row holds at most this many values
+    # (kw * C): on the 2-core Xeon, the study CNN's first conv (3x3, 3 channels) takes 41
+    # instead of 65 ms per 1,000 images; with a 5x5 kernel (15 values) both take 82 ms,
+    # the 4/3 more multiply-adds eating what the copy saves
+    PAIRS_MAX_PATCH_ROW = 9
+
+    def pairs_pay(self, pool):
+        """Whether the pooled convolution runs on output pairs (:func:`im2col_pool_pairs`):
+        a (ph, 2) pool, stride 1, no dilation, short patch rows."""
+        kh, kw, c, _ = self.kernel.shape
+        return (pool[1] == 2 and tuple(self.strides) == (1, 1) and tuple(self.dilation) == (1, 1)
+                and kw * c <= self.PAIRS_MAX_PATCH_ROW)
+
     def _winograd_kernel(self, m, dtype):
-        """U = G g G^T of this layer's current kernel, cached per (m, dtype) (recomputed
-        when the kernel array is replaced, e.g. by absorbing a BatchNormalization)."""
-        cache = self.__dict__.get("_winograd_cache")
+        """U = G g G^T of this layer's current kernel (:meth:`_derived_kernel`)."""
+        return self._derived_kernel(("winograd", m), dtype, lambda k: winograd.transform_kernel(k, m, dtype))
+
+    def _derived_kernel(self, name, dtype, build):
+        """``build(kernel)`` in ``dtype`` for this layer's current kernel, cached per (name,
+        dtype) and recomputed when the kernel array is replaced (e.g. by absorbing a
+        BatchNormalization)."""
+        cache = self.__dict__.get("_kernel_cache")
         if cache is None or cache[0] is not self.kernel:
-            cache = self._winograd_cache = (self.kernel, {})
-        key = (m, np.dtype(dtype))
+            cache = self._kernel_cache = (self.kernel, {})
+        key = (name, np.dtype(dtype))
         if key not in cache[1]:
-            cache[1][key] = winograd.transform_kernel(self.kernel, m, dtype)
+            cache[1][key] = np.ascontiguousarray(build(self.kernel), dtype=dtype)
         return cache[1][key]
 
     def forward(self, x, mask=None):
@@ -494,6 +585,7 @@ class Conv2D(AbsorbsAffine, Layer):
         k = self.kernel
         ho, wo, pads = conv_geometry(x4.shape, k.shape, self.strides, self.padding,
                                      self.dilation, explicit)
+        self.check_sizes(x4.shape, pads, ho, wo)
         n = x4.shape[0]
         pointwise = _is_pointwise(k.shape, tuple(self.strides), pads)
         if pointwise:
@@ -551,14 +643,23 @@ class GroupedConv2D(Conv2D):
                                    "channels (a depthwise convolution, as in ConvNeXt) is supported")
         self.depthwise = self.kernel.reshape(kh, kw, self.groups, f // self.groups)
 
+    def _check_sizes(self, x):
+        """The depthwise pass's tile buffer holds the zero-padded input rows with F = C*M
+        channels: checked against the cap per call."""
+        _, _, pads = depthwise_geometry(x.shape, self.depthwise.shape, self.strides, self.padding,
+                                        self.dilation)
+        check_padded(self, x.shape, pads, self.kernel.shape[-1])
+
     def convolve(self, x):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         self.check_last_dim(x, self.groups)
+        self._check_sizes(x)
         return depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation)
 
     def forward_train(self, x, mask, ctx):
         self.check_rank(x, 4, "image batch (N, H, W, C)")
         self.check_last_dim(x, self.groups)
+        self._check_sizes(x)
         z = depthwise_conv2d(x, self.depthwise, self.strides, self.padding, self.dilation, self.bias)
         y = self.activation(z)
         self._saved = (x, z, y)
@@ -595,11 +696,15 @@ class Conv1D(Conv2D):
         self.kernel = self.kernel[None]  # (1, k, C, F)
         self.strides = (1,) + self.sizes("strides", 1, 1)
         self.dilation = (1,) + self.sizes("dilation_rate", 1, 1)
+        self.check_config_sizes()
 
     def convolve(self, x):
         self.check_rank(x, 3, "sequence batch (N, L, C)")
         self.check_last_dim(x, self.kernel.shape[2])
-        x4 = x[:, None]
+        x4, explicit = self._as_image(x)
+        ho, wo, pads = conv_geometry(x4.shape, self.kernel.shape, self.strides, self.padding,
+                                     self.dilation, explicit)
+        self.check_sizes(x4.shape, pads, ho, wo)
         if self.causal:
             left = (self.kernel.shape[1] - 1) * self.dilation[1]
             y = conv2d(x4, self.kernel, self.strides, "valid", self.dilation,
