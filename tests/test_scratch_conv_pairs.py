@@ -48,3 +48,17 @@ def test_output_pairs_only_where_they_pay():
     assert not _conv(k, "same").pairs_pay((2, 3))          # pool width 3: no pairs
     assert not _conv(np.ones((3, 3, 4, 4)), "same").pairs_pay((2, 2))  # 12-value patch rows
     assert not _conv(np.ones((5, 5, 3, 4)), "same").pairs_pay((2, 2))  # 15 values: no gain
+
+
+def test_output_pairs_leave_nonfinite_inputs_to_im2col():
+    """A pair's zero weights would turn a neighbour's inf or NaN into NaN (inf * 0): such
+    blocks take the per-output patches, so the result is the im2col path's, bit for bit."""
+    rng = np.random.default_rng(3)
+    x, k = rng.standard_normal((2, 6, 6, 3)), rng.standard_normal((3, 3, 3, 4))
+    x[0, 2, 3, 1] = np.nan
+    x[1, 4, 1, 0] = np.inf
+    conv = _conv(k, "same")
+    got = conv.convolve_max_pooled(x, (2, 2), (2, 2))
+    conv.PAIRS_MAX_PATCH_ROW = 0  # this instance only: the per-output patches
+    ref = conv.convolve_max_pooled(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(got, ref)

@@ -494,7 +494,7 @@ class Conv2D(AbsorbsAffine, Layer):
             return winograd.winograd_conv2d(x, self._winograd_kernel(m, x.dtype), m, pads, ho, wo, pool)
         n, f = len(x), k.shape[-1]
         hp, wp = ho // ph, wo // pw
-        if self.pairs_pay(pool):
+        if self.pairs_pay(pool) and np.isfinite(x).all():  # a pair's zero weights: inf*0 = NaN
             cols = workspace.buffer("conv_a", (ph, n, hp, wp, k.shape[0], (k.shape[1] + 1) * k.shape[2]), x.dtype)
             im2col_pool_pairs(x, k.shape, pads, ph, hp, wp, cols)
             y = gemm(cols.reshape(ph * n * hp * wp, -1), self._derived_kernel("pairs", x.dtype, pair_kernel),

@@ -24,8 +24,9 @@ does; ConvLSTM3D on the 3-D im2col/col2im of :mod:`~scratch_layers.layers.conv3d
 import numpy as np
 
 from ..errors import ModelFileError, UnsupportedLayerError
-from .conv import col2im, conv2d, conv_geometry, im2col
-from .conv3d import col2im3d, conv3d, conv3d_geometry, im2col3d
+from .bounds import check_sample_elements
+from .conv import check_reach, col2im, conv2d, conv_geometry, im2col
+from .conv3d import _padded_sizes, col2im3d, conv3d, conv3d_geometry, im2col3d
 from .layer import positive_sizes
 from .recurrent import LSTM
 
@@ -57,6 +58,8 @@ class ConvLSTM2D(LSTM):
     def __init__(self, config, weights, class_name=None):
         super().__init__(dict(config, units=int(config["filters"])), weights, class_name)
         self.config = config  # the file's (set_weights rebuilds the layer from it)
+        if self.padding == "same":  # the input frames' zero padding, from the config alone
+            check_reach(self, self.kernel.shape[:self.rank], self.dilation, self.kernel.shape[-2])
 
     def _read_options(self, config):
         super()._read_options(config)
@@ -127,6 +130,14 @@ class ConvLSTM2D(LSTM):
     def check_input(self, x):
         self.check_rank(x, self.rank + 3, "sequence of maps (N, T, ..., C)")
         self.check_last_dim(x, self.kernel.shape[-2])
+        # one sample's T zero-padded frames and T input projections, against the cap
+        # before allocating ('same' padding with a huge dilation pads by (k-1)*d)
+        outs, pads = self._geometry((1,) + x.shape[2:], self.kernel.shape, self.strides, self.padding,
+                                    self.dilation)
+        t = x.shape[1]
+        check_sample_elements(self, (t,) + _padded_sizes(x.shape[2:-1], pads) + x.shape[-1:],
+                              "zero-padded input frames")
+        check_sample_elements(self, (t,) + tuple(outs) + (4 * self.units,), "input projection")
 
     def _maps_mask(self, x, mask):
         """The mask as the scan takes it, for input maps ``x`` (N, T, H, W, C) (a 1-D

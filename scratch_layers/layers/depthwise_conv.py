@@ -7,16 +7,44 @@ from .. import activations
 from ..blas import rows_matmul, rows_matmul_tn
 from ..errors import ModelFileError
 from ..profiling import gemm
+from .bounds import check_sample_elements
 from .conv import (
     AbsorbsAffine,
     SpatialConv,
+    check_padded,
+    check_reach,
     depthwise_conv2d,
     depthwise_conv2d_backward,
+    depthwise_geometry,
 )
 from .layer import Layer, positive_sizes
 
 
-class DepthwiseConv2D(AbsorbsAffine, SpatialConv, Layer):
+class PaddedRowsCap:
+    """The size check of the depthwise pass: its tile buffer (see :func:`depthwise_conv2d`)
+    holds zero-padded input rows with C*M channels, which 'same' padding with a huge
+    dilation would make arbitrarily large. Checked against
+    :data:`~scratch_layers.layers.bounds.MAX_SAMPLE_ELEMENTS` from the config when the
+    layer is built (a 1x1 input padded to the kernel's reach) and on the actual shape
+    once per call (when the input is taken as an image), before allocating, with the
+    output (``out_channels`` per pixel). ``depthwise_shape``: the (kh, kw, C, M) kernel's
+    shape."""
+
+    def check_config_sizes(self):
+        kh, kw, c, m = self.depthwise_shape
+        if self.padding == "same":
+            check_reach(self, (kh, kw), self.dilation, c * m)
+
+    def _as_image(self, x):
+        x4 = super()._as_image(x)
+        k = self.depthwise_shape
+        ho, wo, pads = depthwise_geometry(x4.shape, k, self.strides, self.padding, self.dilation)
+        check_padded(self, x4.shape, pads, k[2] * k[3])
+        check_sample_elements(self, (ho, wo, self.out_channels))
+        return x4
+
+
+class DepthwiseConv2D(PaddedRowsCap, AbsorbsAffine, SpatialConv, Layer):
     """Depthwise conv: each input channel convolved with its own depth_multiplier filters.
     kernel (kh, kw, C, M) -> output channels ordered c*M + m (as TF); see
     :func:`depthwise_conv2d`. Backward: :func:`depthwise_conv2d_backward`."""
@@ -43,10 +71,19 @@ class DepthwiseConv2D(AbsorbsAffine, SpatialConv, Layer):
             raise ModelFileError(f"{self.class_name} layer '{self.name}': bias shape {self.bias.shape} "
                                  f"does not fit kernel shape {self.kernel.shape}")
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+        self.check_config_sizes()
 
     @property
     def in_channels(self):
         return self.kernel.shape[2]
+
+    @property
+    def depthwise_shape(self):
+        return self.kernel.shape
+
+    @property
+    def out_channels(self):
+        return self.kernel.shape[2] * self.kernel.shape[3]
 
     def absorb_zero_padding(self, pads):
         """This layer run on its input zero-padded by ``pads`` ((top, bottom), (left, right),
@@ -103,7 +140,7 @@ class DepthwiseConv1D(DepthwiseConv2D):
     spatial = 1
 
 
-class SeparableConv2D(SpatialConv, Layer):
+class SeparableConv2D(PaddedRowsCap, SpatialConv, Layer):
     """SeparableConv2D: a depthwise convolution (kernel (kh, kw, C, M), output channel
     c*M + m) then a pointwise one (kernel (1, 1, C*M, F)):
     u = depthwise_conv2d(x, Kd); z = u @ Kp + b; y = activation(z).
@@ -135,10 +172,19 @@ class SeparableConv2D(SpatialConv, Layer):
         self.pointwise = np.ascontiguousarray(weights[1].reshape(c * m, -1))  # (C*M, F)
         self.bias = weights[2] if self.use_bias else None
         self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+        self.check_config_sizes()
 
     @property
     def in_channels(self):
         return self.depthwise_kernel.shape[2]
+
+    @property
+    def depthwise_shape(self):
+        return self.depthwise_kernel.shape
+
+    @property
+    def out_channels(self):
+        return self.pointwise.shape[1]
 
     def _u(self, x4):
         return depthwise_conv2d(x4, self.depthwise_kernel, self.strides, self.padding, self.dilation)

@@ -21,11 +21,14 @@ runs (summed back over broadcasting, scatter-add for indexing, ties of ``max``/`
 reductions split evenly as TF's ``_MaxGrad``, ``maximum``/``minimum`` ties to the first
 operand, ``clip`` passing at the bounds).
 """
+import math
+
 import numpy as np
 
 from .. import activations as A
 from ..errors import InputError, ModelFileError, UnsupportedLayerError
 from ..ops import sum_to_shape
+from .bounds import check_sample_elements
 from .layer import MultiInputLayer, is_tensor
 
 NUMERIC_DTYPES = {"float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64",
@@ -132,6 +135,31 @@ def _is_float(a):
     return isinstance(a, np.ndarray) and a.dtype.kind == "f"
 
 
+def broadcast_shape(*values):
+    """The shape ``values`` broadcast to (no array is made), or None when they do not."""
+    try:
+        return np.broadcast_shapes(*(np.shape(v) for v in values))
+    except ValueError:
+        return None
+
+
+def matmul_shape(a, b):
+    """The shape of np.matmul(a, b) (a 1-D operand promoted, then its axis dropped), or
+    None when the operands do not fit (np.matmul then says why)."""
+    sa, sb = np.shape(a), np.shape(b)
+    if not sa or not sb:
+        return None
+    ma = sa if len(sa) > 1 else (1,) + sa
+    mb = sb if len(sb) > 1 else sb + (1,)
+    if ma[-1] != mb[-2]:
+        return None
+    try:
+        batch = np.broadcast_shapes(ma[:-2], mb[:-2])
+    except ValueError:
+        return None
+    return batch + ma[-2:-1] * (len(sa) > 1) + mb[-1:] * (len(sb) > 1)
+
+
 class Op(MultiInputLayer):
     """An operation node. Subclasses set ``params`` (the Keras ``call`` parameters, in
     order, with their defaults), ``options`` (config keys read at construction) and
@@ -224,6 +252,20 @@ class Op(MultiInputLayer):
                 c = c.astype(dtype)
             out.append(c)
         return out
+
+    def check_output_size(self, shape, *values):
+        """Before computing: an output of ``shape`` against
+        :data:`~scratch_layers.layers.bounds.MAX_SAMPLE_ELEMENTS`. A config constant is
+        bounded by the file's size, but broadcasting it against a tensor (a (10**5, 1)
+        constant times a (1, 10**5) input) or against another constant is not. Per sample:
+        when the output's first axis is the batch (the first axis of a tensor operand among
+        ``values``), one sample is the rest; otherwise (a constant made the first axis) the
+        whole output counts as one sample. ``shape`` None (operands that do not broadcast):
+        nothing to check, the op itself reports it."""
+        if shape is None:
+            return
+        batch = max((v.shape[0] for v in values if isinstance(v, np.ndarray) and v.ndim), default=None)
+        check_sample_elements(self, shape[1:] if shape and shape[0] == batch else shape)
 
     def axis_option(self, value):
         if value is None:
@@ -441,6 +483,7 @@ class Clip(Unary):
     def compute(self, x):
         x = np.asarray(x)
         lo, hi = (np.asarray(v, x.dtype) if x.dtype.kind == "f" else v for v in (self.lo, self.hi))
+        self.check_output_size(broadcast_shape(x, lo, hi), x)
         return np.minimum(np.maximum(x, lo), hi)
 
     def grad(self, dy, y, x):
@@ -452,6 +495,7 @@ class Binary(Op):
     params = _X12
 
     def compute(self, x1, x2):
+        self.check_output_size(broadcast_shape(x1, x2), x1, x2)
         a, b = self.operands(x1, x2)
         return self.fn(a, b)
 
@@ -533,6 +577,7 @@ class Where(Op):
                                         "(nonzero) has a data-dependent shape; not supported")
 
     def compute(self, condition, x1, x2):
+        self.check_output_size(broadcast_shape(condition, x1, x2), condition, x1, x2)
         a, b = self.operands(x1, x2)
         return np.where(np.asarray(condition, bool), a, b)
 
@@ -546,6 +591,7 @@ class Matmul(Op):
     params = _X12
 
     def compute(self, x1, x2):
+        self.check_output_size(matmul_shape(x1, x2), x1, x2)
         a, b = self.operands(x1, x2)
         return np.matmul(a, b)
 
@@ -770,6 +816,7 @@ class Max(Reduce):
     def fn(self, x):
         r = self.reduce(x, axis=self.ax, keepdims=bool(self.keepdims))
         if self.initial is not None:
+            self.check_output_size(broadcast_shape(r, self.initial), x)  # x's first axis: the batch
             r = np.maximum(r, self.initial) if self.reduce is np.max else np.minimum(r, self.initial)
         return r
 
@@ -787,6 +834,21 @@ class Min(Max):
 
 
 # ----------------------------------------------------------------------------- arange
+
+def arange_length(start, stop, step):
+    """``(len(np.arange(start, stop, step)),)`` computed as numpy does (ceil((stop - start)
+    / step), at least 0; exact for ints), without making the array: a constant stop of
+    10**12 in a config is a few bytes. None when numpy would refuse the arguments itself
+    (step 0, a NaN or infinite length)."""
+    try:
+        if all(isinstance(v, (int, np.integer)) for v in (start, stop, step)):
+            n = -((int(start) - int(stop)) // int(step))
+        else:
+            n = math.ceil((stop - start) / step)
+    except (ZeroDivisionError, OverflowError, ValueError, TypeError):
+        return None
+    return (max(n, 0),)
+
 
 class Arange(Op):
     """ops.arange(start, stop, step, dtype): only a node when an argument is a tensor (a
@@ -808,7 +870,9 @@ class Arange(Op):
         start, stop, step = vals
         if stop is None:
             start, stop = 0, start
-        return np.arange(start, stop, 1 if step is None else step, dtype=dtype)
+        step = 1 if step is None else step
+        self.check_output_size(arange_length(start, stop, step))
+        return np.arange(start, stop, step, dtype=dtype)
 
     def grad(self, dy, y, **call):
         return {}

@@ -9,14 +9,29 @@ from .conv import _out_and_pads, pad2d
 from .layer import KeepsInputOutput, Layer
 
 
+def live_offsets(k, stride, before, size, out):
+    """The pool offsets a in [0, k) whose strided slab of the padded axis (cells
+    a + i*stride, i < ``out``) reaches a real cell, in [before, before + size). The others
+    read padding only, so skipping them changes nothing: max pooling's NaN pads are
+    ignored by fmax; average pooling's zero pads add +0.0 (at most turning a sum of -0.0
+    into +0.0, an equal value) and its divisor counts real cells anyway. A pool far
+    larger than its input then costs as many offsets as the input has cells, not k.
+    The range: offset a >= before reads a real cell iff a < before + size (its first
+    cell); a < before first reaches [before, before + stride) at i = ceil((before - a) /
+    stride), a real cell when stride <= size, so iff i <= out - 1, i.e. a >= before -
+    (out - 1)*stride; and stride > size gives out = 1 in TF's 'same' and 'valid' alike.
+    Hence [before - (out - 1)*stride, before + size) within [0, k)."""
+    return range(max(0, before - (out - 1) * stride), min(k, before + size))
+
+
 def pool2d(x, pool, strides, padding, mode):
     """Max / average pooling on (N, H, W, C), TF semantics.
 
     Max pooling ignores NaN as TF does (np.fmax; 'same' pads are NaN, so they never
     win); a window with no number left is NaN here and becomes the dtype's lowest
     value in :func:`tf_max_floor`. Average pooling divides each window by its number of
-    real (non-pad) cells. Loops over the pool offsets only (ph*pw strided views),
-    never over pixels."""
+    real (non-pad) cells. Loops over the pool offsets only (ph*pw strided views,
+    those reading padding only skipped: :func:`live_offsets`), never over pixels."""
     n, h, w, c = x.shape
     ph, pw = pool
     sh, sw = strides
@@ -27,8 +42,8 @@ def pool2d(x, pool, strides, padding, mode):
     fill = np.nan if mode == "max" else 0.0
     xp = pad2d(x, ((pt, pb), (pl, pr)), fill)
     out = None
-    for a in range(ph):
-        for b in range(pw):
+    for a in live_offsets(ph, sh, pt, h, ho):
+        for b in live_offsets(pw, sw, pl, w, wo):
             v = xp[:, a:a + (ho - 1) * sh + 1:sh, b:b + (wo - 1) * sw + 1:sw, :]
             if out is None:
                 out = v.copy()
@@ -65,7 +80,7 @@ def pool2d_backward(x, y, dy, pool, strides, padding, mode):
         return dx
     dxp = np.zeros((n, h + pt + pb, w + pl + pr, c), dy.dtype)
     windows = [(slice(None), slice(a, a + (ho - 1) * sh + 1, sh), slice(b, b + (wo - 1) * sw + 1, sw))
-               for a in range(ph) for b in range(pw)]
+               for a in live_offsets(ph, sh, pt, h, ho) for b in live_offsets(pw, sw, pl, w, wo)]
     if mode == "max":
         xp = pad2d(x, ((pt, pb), (pl, pr)), np.nan)
         open_ = np.ones(y.shape, bool)  # windows whose maximum has not been found yet
