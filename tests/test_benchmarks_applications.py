@@ -31,11 +31,11 @@ N_IMAGES, SIZE = 64, 96
 MODELS = ["ResNet50", "MobileNetV2"]
 INPUTS = f"{N_IMAGES} random images of {SIZE}x{SIZE}"
 IMPLS = ["keras", "scratch", "scratch_float32", "onnxruntime"]
-# ResNet50 predict's peak above the input (float64, two workers): 21.8 MiB measured on
-# 2026-12-06 for 128 images, 20.6 for 32 (19.0 before each worker kept its convolution
-# workspace buffers between chunks); the test allows 25% more and fails with a chunk or a
-# tensor held twice as long
-RESNET50_PEAK_BOUND_MIB = 27
+# ResNet50 predict's peak above the input (float64, two workers): 42.2 MiB measured on
+# 2026-12-06 for 32 images, 39.1 for 128 (21.8 before predict ran in stages: each stage
+# holds its own chunk, at most 8x the first); the test allows 25% more and fails with a
+# chunk or a tensor held twice as long, or a part that grows with the batch
+RESNET50_PEAK_BOUND_MIB = 53
 
 
 @pytest.fixture(scope="module")

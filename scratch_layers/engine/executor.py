@@ -93,7 +93,15 @@ def run(graph, steps, frees, inputs, on_output=None, run_step=run_step):
     (the load-time check wraps it)."""
     values = dict(zip(graph.inputs, inputs))
     masks = dict.fromkeys(graph.inputs)
-    for step, free in zip(steps, frees):
+    run_range(steps, frees, values, masks, 0, len(steps), on_output, run_step)
+    return [values[t] for t in graph.outputs]
+
+
+def run_range(steps, frees, values, masks, start, stop, on_output=None, run_step=run_step):
+    """Run steps ``start`` to ``stop`` (exclusive) on the live tensors ``values`` and their
+    ``masks`` (id -> array), updating both in place: one stage of a staged predict
+    (:func:`stages`), or the whole plan (:func:`run`)."""
+    for step, free in zip(steps[start:stop], frees[start:stop]):
         xs = [None if t is None else values[t] for t in step.inputs]
         ms = [None if t is None else masks[t] for t in step.inputs]
         y, mask = run_step(step, xs, ms)
@@ -102,27 +110,75 @@ def run(graph, steps, frees, inputs, on_output=None, run_step=run_step):
             on_output(step, y, values)
         for t in free:
             del values[t], masks[t]
-    return [values[t] for t in graph.outputs]
 
 
-def elements_per_sample(graph, steps, frees, probe):
-    """The most array elements one sample holds at once while the plan runs on ``probe``
-    (one sample per input): at each step the larger of its largest input and its output
-    (plus the layer's workspace, a convolution's im2col buffer), plus every other live
-    tensor (a skip connection waiting for its merge). A fused step that convolves in
-    blocks holds only its input and its pooled output."""
-    per = max((_size(x) for x in probe), default=1)
+def sample_profile(graph, steps, frees, probe):
+    """Per step, the most array elements one sample holds while it runs on ``probe`` (one
+    sample per input): the larger of its largest input and its output (plus the layer's
+    workspace, a convolution's im2col buffer), plus every other live tensor (a skip
+    connection waiting for its merge). A fused step that convolves in blocks holds only
+    its input and its pooled output. The first step also counts the inputs."""
+    profile = []
 
     def measure(step, y, live):
-        nonlocal per
         out = _size(y)
         out += step[0].workspace_per_sample(out)
         read = [_size(live[t]) for t in step.inputs if t is not None]
         others = sum(_size(v) for t, v in live.items()
                      if t not in step.inputs and t != step.output)
-        per = max(per, max(read + [out]) + others)
+        profile.append(max(read + [out]) + others)
     run(graph, steps, frees, probe, on_output=measure)
-    return per
+    if profile:
+        profile[0] = max([profile[0]] + [_size(x) for x in probe])
+    return profile
+
+
+def elements_per_sample(graph, steps, frees, probe):
+    """The most array elements one sample holds at once while the plan runs on ``probe``
+    (:func:`sample_profile`'s largest)."""
+    return max(sample_profile(graph, steps, frees, probe), default=max((_size(x) for x in probe), default=1))
+
+
+def stages(profile, growth=2):
+    """Split a plan into stages ``[(start, stop, peak)]`` where a sample holds at most
+    1/``growth`` of what it held before (an image model after each downsampling): a later
+    stage runs on ``growth`` times larger chunks in the same memory, so its GEMMs get
+    more rows (ResNet50's 3x3 stage-5 maps have 9 rows per image). ``peak``: the most a
+    sample holds from ``start`` on. Measured on the 2-core Xeon, float32, 64 images of
+    96x96: ResNet50 0.689 s in one stage, 0.614 s with growth 4, 0.590 s with growth 2;
+    MobileNetV2 0.167, 0.157, 0.155 s; the study CNN unchanged."""
+    suffix = list(profile)
+    for i in range(len(suffix) - 2, -1, -1):
+        suffix[i] = max(suffix[i], suffix[i + 1])
+    out, start = [], 0
+    for i in range(1, len(profile)):
+        if suffix[i] * growth <= suffix[start]:
+            out.append((start, i, suffix[start]))
+            start = i
+    out.append((start, len(profile), suffix[start] if profile else 1))
+    return out
+
+
+def merge_states(states):
+    """One stage state (values, masks, count) from consecutive ones: every live tensor
+    concatenated along the batch axis (one without a batch axis, e.g. a constant, is the
+    same in every state and taken once)."""
+    if len(states) == 1:
+        return states[0]
+    counts = [c for _, _, c in states]
+
+    def cat(items):
+        first = items[0]
+        if first is None:
+            return None
+        if isinstance(first, tuple):
+            return tuple(cat([it[j] for it in items]) for j in range(len(first)))
+        if all(np.ndim(it) and len(it) == c for it, c in zip(items, counts)):
+            return np.concatenate(items)
+        return first
+    values = {t: cat([v[t] for v, _, _ in states]) for t in states[0][0]}
+    masks = {t: cat([m[t] for _, m, _ in states]) for t in states[0][1]}
+    return values, masks, sum(counts)
 
 
 def _size(value):

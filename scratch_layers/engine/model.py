@@ -25,6 +25,14 @@ MAX_CHUNK = 4096
 # keras_model.predict's default batch_size: the padding unit of a TextVectorization
 # without output_sequence_length (see Model._keras_batches).
 KERAS_PREDICT_BATCH = 32
+# predict runs in stages (executor.stages) when its first chunk holds fewer samples than
+# this: the later GEMMs would get a handful of rows (ResNet50 at 96x96: chunks of 4 images,
+# 36 rows in stage 5); larger chunks gain nothing from it and pay each stage's buffers.
+STAGED_BELOW = 32
+STAGE_GROWTH_MAX = 8
+# A staged predict splits the batch in at least this many parts: one per core of the
+# machine, at least 2.
+STAGED_PARTS = max(2, default_workers())
 
 
 def _input_kind(input_layer, readers):
@@ -167,23 +175,69 @@ class Model:
         """Pick a chunk so one chunk's live activations (incl. im2col) fit the budget.
         Sized for this call's sample shapes (a variable-length input may be 10x longer
         than in the previous call), cached per sample shape."""
+        chunk = self._chunk_plan(xs)[0][2]
+        if self._recurrent and self.n_workers > 1:  # one big chunk per worker is best
+            chunk = min(chunk, -(-len(xs[0] if isinstance(xs, list) else xs) // self.n_workers))
+        return max(1, chunk)
+
+    def _chunk_plan(self, xs):
+        """``[(start, stop, chunk)]``: predict's plan in stages (:func:`executor.stages`),
+        each with the chunk its samples fit in the budget; one stage for recurrent models
+        and for those that pad each Keras batch. Cached per sample shape."""
         xs = xs if isinstance(xs, list) else [xs]
         key = tuple(x.shape[1:] for x in xs)
         if key not in self._chunks:
             try:
                 probe = as_compute(self, [x[:1] for x in xs])
-                per = executor.elements_per_sample(self.graph, self._plan, self._frees, probe)
+                profile = executor.sample_profile(self.graph, self._plan, self._frees, probe)
             except InputError as e:
                 raise InputError(f"input of shape {', '.join(str(x.shape) for x in xs)} does not fit "
                                  f"model '{self.name}': {e}") from None
             budget = RNN_CHUNK_BUDGET_BYTES if self._recurrent else CHUNK_BUDGET_BYTES
-            self._chunks[key] = int(max(1, min(MAX_CHUNK, budget // (self.dtype.itemsize * per))))
-        chunk = self._chunks[key]
-        if self._recurrent and self.n_workers > 1:  # one big chunk per worker is best
-            chunk = min(chunk, -(-len(xs[0]) // self.n_workers))
-        return max(1, chunk)
+            staged = executor.stages(profile) if not (self._recurrent or self._keras_batches) else \
+                [(0, len(self._plan), max(profile, default=1))]
+            fit = [int(max(1, min(MAX_CHUNK, budget // (self.dtype.itemsize * peak)))) for _, _, peak in staged]
+            # a later stage's chunk at most STAGE_GROWTH_MAX times the first: every stage
+            # holds a chunk's tensors at once, so the total stays a few budgets
+            self._chunks[key] = [(a, b, min(c, fit[0] * STAGE_GROWTH_MAX)) for (a, b, _), c in zip(staged, fit)]
+        return self._chunks[key]
 
     # -------------------------------------------------------------- inference
+    def _run_staged(self, xs, plan):
+        """The outputs (a list) of the graph on one part of the batch, stage by stage
+        (``plan``: :meth:`_chunk_plan`), depth first: a stage runs as soon as the stage
+        before has produced one chunk of its size, so each stage holds at most one chunk."""
+        values, _, _ = executor.merge_states(list(self._stage_states(xs, plan, len(plan) - 1)))
+        return [values[t] for t in self.graph.outputs]
+
+    def _stage_states(self, xs, plan, level):
+        """The live tensors after stage ``level``, as states (values, masks, count) of at
+        most that stage's chunk of samples each."""
+        start, stop, chunk = plan[level]
+        if level == 0:
+            sources = ((dict(zip(self.graph.inputs, as_compute(self, [x[lo:lo + chunk] for x in xs]))),
+                        dict.fromkeys(self.graph.inputs), len(xs[0][lo:lo + chunk]))
+                       for lo in range(0, len(xs[0]), chunk))
+        else:
+            sources = self._gathered(self._stage_states(xs, plan, level - 1), chunk)
+        for values, masks, count in sources:
+            executor.run_range(self._plan, self._frees, values, masks, start, stop)
+            yield values, masks, count
+
+    @staticmethod
+    def _gathered(states, chunk):
+        """Consecutive states merged into ones of at most ``chunk`` samples."""
+        group, count = [], 0
+        for state in states:
+            if group and count + state[2] > chunk:
+                merged = executor.merge_states(group)
+                group, count = [], 0  # the parts are freed before the merged state runs
+                yield merged
+            group.append(state)
+            count += state[2]
+        if group:
+            yield executor.merge_states(group)
+
     def _run(self, xs, collect=False):
         """The outputs (a list) of the graph on one chunk; with ``collect``, an ordered
         dict node name -> output of every node, unfused."""
@@ -243,11 +297,23 @@ class Model:
             raise InputError(f"batch_size must be positive, got {batch_size}")
         if n == 0:
             return [_output_array(o, self.dtype) for o in self._run(xs)]
+        plan = None
         if batch_size:
             chunk = int(batch_size)
+        elif self._keras_batches:
+            chunk = KERAS_PREDICT_BATCH
         else:
-            chunk = KERAS_PREDICT_BATCH if self._keras_batches else self._chunk_size(xs)
-        if n <= chunk:
+            chunk = self._chunk_size(xs)
+            plan = self._chunk_plan(xs)
+            # staged: the batch goes in parts as large as the last stage's chunk, at most
+            # 1/STAGED_PARTS of it (so the workers share it; a constant, so that results
+            # never depend on n_workers), each run stage by stage in chunks of the stage's size
+            part = min(plan[-1][2], -(-n // STAGED_PARTS))
+            if len(plan) > 1 and chunk < STAGED_BELOW and part > chunk:
+                chunk = part
+            else:
+                plan = None
+        if n <= chunk and plan is None:
             return [_output_array(o, self.dtype) for o in self._run(xs)]
         starts = list(range(0, n, chunk))
         workers = min(self.n_workers, len(starts))
@@ -256,7 +322,9 @@ class Model:
         # This scales better than BLAS's own per-matmul threading, especially on
         # busy machines. Results do not depend on the number of workers.
         def work(s):
-            return [_output_array(o, self.dtype) for o in self._run([x[s:s + chunk] for x in xs])]
+            part = [x[s:s + chunk] for x in xs]
+            outs = self._run(part) if plan is None else self._run_staged(part, plan)
+            return [_output_array(o, self.dtype) for o in outs]
 
         if workers > 1:
             # every chunk, the first included, goes to the pool: with one chunk per

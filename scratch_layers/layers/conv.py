@@ -526,6 +526,11 @@ class Conv2D(AbsorbsAffine, Layer):
     # whose blocks hold 7 images (28 tiles): 0.33 -> 0.23 s per 1,000 images, two workers;
     # float32 and ResNet50 unchanged
     WINOGRAD_MIN_TILES = 16
+    # ... and while the transformed kernel U ((m+2)^2 C F values, 4x the kernel for F(4x4))
+    # stays this small: each transform point's GEMM streams its (C, F) block of U for a few
+    # tile rows, and U is kept per layer (ResNet50's 512x512 stage-5 kernels would hold
+    # 75 MB each in float64 and read 4x the bytes im2col's GEMM reads)
+    WINOGRAD_MAX_KERNEL_BYTES = 4 * 2 ** 20
 
     def winograd_tile(self, dtype, ho, wo, n):
         """The Winograd tile m for this convolution of ``n`` images (3x3 kernel, stride 1,
@@ -535,7 +540,9 @@ class Conv2D(AbsorbsAffine, Layer):
                 or k.shape[2] < self.WINOGRAD_MIN_CHANNELS):
             return None
         m = winograd.choose_tile(ho, wo)
-        return m if n * np.prod(winograd.tiles(ho, wo, m)) >= self.WINOGRAD_MIN_TILES else None
+        if (m + 2) ** 2 * k.shape[2] * k.shape[3] * np.dtype(dtype).itemsize > self.WINOGRAD_MAX_KERNEL_BYTES:
+            return None
+        return m if n * math.prod(winograd.tiles(ho, wo, m)) >= self.WINOGRAD_MIN_TILES else None
 
     # Output pairs (im2col_pool_pairs) pay when a patch row holds at most this many values
     # (kw * C): on the 2-core Xeon, the study CNN's first conv (3x3, 3 channels) takes 41
