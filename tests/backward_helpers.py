@@ -112,3 +112,44 @@ def finite_difference_check(scratch_model, x, y, training=False, seed=0, n_coord
     finally:
         scratch_model.set_weights(weights)
     return worst
+
+
+def scale_diff(got, ref):
+    """(max |got - ref|, the scale max(1, max |ref|)) in float64; the shapes must agree."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    return float(np.abs(got - ref).max()), max(1.0, float(np.abs(ref).max()))
+
+
+def check_layer_forward(scratch_models, index, h, h64, ref64, ref32, tol):
+    """Layer ``index`` of each loaded scratch model: on the float64 input ``h64`` vs the
+    float64 reference ``ref64`` (max |diff| <= tol * scale), and on the float32 input ``h``
+    (computed in float64) vs Keras float32's ``ref32`` (F32_TOL * scale). Returns the worst
+    differences (vs ref64, vs ref32)."""
+    worst64 = worst32 = 0.0
+    for m in scratch_models:
+        d, scale = scale_diff(m.layers[index].forward(h64), ref64)
+        assert d <= tol * scale, f"vs float64 reference: {d:.3g} (scale {scale:.3g})"
+        d32, scale32 = scale_diff(m.layers[index].forward(h.astype(np.float64)), ref32)
+        assert d32 <= F32_TOL * scale32, f"vs float32: {d32:.3g}"
+        worst64, worst32 = max(worst64, d), max(worst32, d32)
+    return worst64, worst32
+
+
+def gradients_without_twin(keras_model, scratch_model, scratch_model32, x, y):
+    """For models with no float64 twin (TF has no float64 kernel for a layer): scratch's
+    float64 and float32 gradients vs Keras float32 (F32_TOL), and the float64 ones vs
+    central differences of scratch's own loss (relative error < 1e-6). Returns (worst
+    relative error vs finite differences, worst float64 gradient vs Keras float32)."""
+    _, grads = scratch_model.loss_and_gradients(x, y)
+    _, grads32 = scratch_model32.loss_and_gradients(x, y)
+    _, fgrads = keras_loss_and_grads(keras_model, x, y)
+    worst32 = 0.0
+    for v, g, g32, f in zip(keras_model.trainable_weights, grads, grads32, fgrads):
+        assert g.shape == tuple(v.shape) and g32.dtype == np.float32
+        for mine in (g, g32):
+            assert np.allclose(mine, f, atol=F32_TOL, rtol=F32_TOL), (v.path, max_abs(mine, f))
+        worst32 = max(worst32, max_abs(g, f))
+    fd = finite_difference_check(scratch_model, x, y)
+    assert fd < 1e-6, fd
+    return fd, worst32

@@ -95,3 +95,20 @@ def tiny_text_model(k, cell, n_texts, sequence_length, seed):
     m = k.Model(inp, k.layers.Dense(3, activation="softmax")(h))
     randomize_weights(m, seed)
     return m, texts
+
+
+def refusal_peak(call, match, error=None):
+    """Run ``call()``, which must raise ``error`` (ModelFileError unless given) matching
+    ``match``; returns the peak bytes tracemalloc saw meanwhile (a size check that refuses
+    before allocating keeps it small)."""
+    import tracemalloc
+
+    import pytest
+    from scratch_layers import ModelFileError
+    tracemalloc.start()
+    try:
+        with pytest.raises(error or ModelFileError, match=match):
+            call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

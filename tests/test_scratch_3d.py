@@ -23,16 +23,15 @@ kernel refuses it), Conv3D as one GEMM, and hostile configs refused before alloc
 import json
 import os
 import sys
-import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from backward_helpers import (F32_TOL, compare_gradients, finite_difference_check,  # noqa: E402
-                              keras_loss_and_grads, max_abs, twin_of)
-from keras_factories import check_model, keras  # noqa: E402
+from backward_helpers import (check_layer_forward, compare_gradients, gradients_without_twin,  # noqa: E402
+                              scale_diff, twin_of)
+from keras_factories import check_model, keras, refusal_peak  # noqa: E402
 
 import scratch_layers  # noqa: E402
 from scratch_layers import ModelFileError, UnsupportedLayerError  # noqa: E402
@@ -118,12 +117,6 @@ def has_twin(case):
     return not case.startswith("pool3d")
 
 
-def scale_diff(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    return float(np.abs(got - ref).max()), max(1.0, float(np.abs(ref).max()))
-
-
 # ----------------------------------------------------------------------------- references
 
 def pool3d_loops(x, pool, strides, padding, mode):
@@ -194,16 +187,10 @@ def test_forward_and_gradients(case, tmp_path, record_property):
     else:  # no float64 kernel in TF: the loop reference, on the same float64 input
         ref64 = pool3d_loops(h64, *pool3d_layer_options(model.layers[1]))
         tol = 1e-12
-    d64 = 0.0
     for m in (sm, sm_h5):
         assert [l.class_name for l in m.layers] == [l.__class__.__name__ for l in model.layers]
-        got = m.layers[1].forward(h64)
-        d, scale = scale_diff(got, ref64)
-        assert d <= tol * scale, f"vs float64 reference: {d:.3g} (scale {scale:.3g})"
-        d64 = max(d64, d)
-        d32, _ = scale_diff(m.layers[1].forward(h.astype(np.float64)), ref32)
-        assert d32 <= F32_TOL * max(1.0, float(np.abs(ref32).max())), f"vs float32: {d32:.3g}"
-        worst32 = max(worst32, d32)
+    d64, d32 = check_layer_forward((sm, sm_h5), 1, h, h64, ref64, ref32, tol)
+    worst32 = max(worst32, d32)
     # float32 compute
     sm_h5.astype("float32")
     got32 = sm_h5.predict(x)
@@ -224,23 +211,6 @@ def test_forward_and_gradients(case, tmp_path, record_property):
     record_property("max_abs_diff_float32", worst32)
     record_property("max_grad_diff_float64_twin", g64)
     record_property("max_grad_diff_float32", g32)
-
-
-def gradients_without_twin(model, sm, sm32, x, y):
-    """Scratch's float64 and float32 gradients vs Keras float32 (1e-5), and float64's vs
-    central differences of its own loss (relative error < 1e-6, returned)."""
-    _, grads = sm.loss_and_gradients(x, y)
-    _, grads32 = sm32.loss_and_gradients(x, y)
-    _, fgrads = keras_loss_and_grads(model, x, y)
-    worst32 = 0.0
-    for v, g, g32, f in zip(model.trainable_weights, grads, grads32, fgrads):
-        assert g.shape == tuple(v.shape) and g32.dtype == np.float32
-        for mine in (g, g32):
-            assert np.allclose(mine, f, atol=F32_TOL, rtol=F32_TOL), (v.path, max_abs(mine, f))
-        worst32 = max(worst32, max_abs(g, f))
-    fd = finite_difference_check(sm, x, y)
-    assert fd < 1e-6, fd
-    return fd, worst32
 
 
 # ----------------------------------------------------------------------------- max pool 3-D ties
@@ -453,13 +423,7 @@ def hostile_file(tmp_path, layer, shape, edit):
 
 def refused_at_load(path):
     """load_model(path) raises ModelFileError naming the cap; returns the peak traced bytes."""
-    tracemalloc.start()
-    try:
-        with pytest.raises(ModelFileError, match="MAX_SAMPLE_ELEMENTS"):
-            scratch_layers.load_model(path)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    return refusal_peak(lambda: scratch_layers.load_model(path), "MAX_SAMPLE_ELEMENTS")
 
 
 HOSTILE = {

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from backward_helpers import (F32_TOL, compare_gradients, finite_difference_check,  # noqa: E402
-                              keras_loss_and_grads, max_abs, twin_of)
+from backward_helpers import (F32_TOL, check_layer_forward, compare_gradients,  # noqa: E402
+                              gradients_without_twin, max_abs, scale_diff, twin_of)
 from keras_factories import check_model, keras, randomize_weights  # noqa: E402
 
 import scratch_layers  # noqa: E402
@@ -42,12 +42,6 @@ TWIN_REL = 1e-9
 
 def data(shape, seed=0, scale=1.0):
     return np.random.default_rng(seed).normal(0.2, scale, (N,) + shape).astype(np.float32)
-
-
-def scale_diff(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    return float(np.abs(got - ref).max()), max(1.0, float(np.abs(ref).max()))
 
 
 def pointwise(k, shape):
@@ -139,15 +133,8 @@ def test_forward_and_gradients(case, tmp_path, record_property):
         cfg = model.layers[1].get_config()
         ref64 = adaptive_box_reference(h64, cfg["output_size"], "max" if case.startswith("amp") else "avg")
         tol = 1e-12
-    d64 = 0.0
-    for m in (sm, sm_h5):
-        got = m.layers[1].forward(h64)
-        dd, scale = scale_diff(got, ref64)
-        assert dd <= tol * scale, f"vs float64 reference: {dd:.3g} (scale {scale:.3g})"
-        d64 = max(d64, dd)
-        d32, _ = scale_diff(m.layers[1].forward(h.astype(np.float64)), ref32)
-        assert d32 <= F32_TOL * max(1.0, float(np.abs(ref32).max())), f"vs float32: {d32:.3g}"
-        worst32 = max(worst32, d32)
+    d64, d32 = check_layer_forward((sm, sm_h5), 1, h, h64, ref64, ref32, tol)
+    worst32 = max(worst32, d32)
     sm_h5.astype("float32")
     got32 = sm_h5.predict(x)
     assert got32.dtype == np.float32
@@ -159,17 +146,7 @@ def test_forward_and_gradients(case, tmp_path, record_property):
         d64 = max(d64, dpred)
         g64, g32 = compare_gradients(model, sm, x, y)
     else:
-        _, grads = sm.loss_and_gradients(x, y)
-        _, grads32 = sm_h5.loss_and_gradients(x, y)
-        _, fgrads = keras_loss_and_grads(model, x, y)
-        g32 = 0.0
-        for v, g, gs, f in zip(model.trainable_weights, grads, grads32, fgrads):
-            assert gs.dtype == np.float32
-            for mine in (g, gs):
-                assert np.allclose(mine, f, atol=F32_TOL, rtol=F32_TOL), (v.path, max_abs(mine, f))
-            g32 = max(g32, max_abs(g, f))
-        g64 = finite_difference_check(sm, x, y)
-        assert g64 < 1e-6
+        g64, g32 = gradients_without_twin(model, sm, sm_h5, x, y)
     print(f"{case}: forward vs twin/reference {d64:.3g}, vs float32 {worst32:.3g}; "
           f"grads vs twin/finite differences {g64:.3g}, vs float32 {g32:.3g}")
     record_property("max_abs_diff_float64_twin", d64)

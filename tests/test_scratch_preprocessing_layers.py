@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from backward_helpers import (F32_TOL, compare_gradients, finite_difference_check,  # noqa: E402
-                              floatx64, keras_loss_and_grads, max_abs, twin_of)
+                              floatx64, keras_loss_and_grads, max_abs, scale_diff, twin_of)
 from keras_factories import check_model, keras, randomize_weights, save_load  # noqa: E402
 
 from scratch_layers.layers.resizing import axis_operator, span_bound  # noqa: E402
@@ -82,12 +82,6 @@ def build_image(case):
     model = k.Sequential([k.Input(shape), k.layers.Conv2D(shape[-1], 1), factory(k.layers),
                           k.layers.Flatten(), k.layers.Dense(3, activation="softmax")])
     return model, images(shape)
-
-
-def scale_diff(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    return float(np.abs(got - ref).max()), max(1.0, float(np.abs(ref).max()))
 
 
 def dense_reference(layer, x):

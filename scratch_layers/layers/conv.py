@@ -394,6 +394,25 @@ class AbsorbsAffine:
         return output_size // k.shape[-1] * k.shape[0] * k.shape[1] * k.shape[2]
 
 
+def read_conv_options(layer, config, weights, spatial):
+    """The config of a Conv2D or Conv3D read alike: channels_last, 'valid'/'same' padding,
+    ``spatial`` strides and dilation (not both > 1, as Keras), no LoRA; sets ``padding``,
+    ``strides``, ``dilation``, ``kernel`` (contiguous), ``bias`` (None without
+    ``layer.use_bias``) and ``activation`` on the layer."""
+    layer.require("data_format", ("channels_last", None), "channels_last")
+    layer.padding = layer.require("padding", ("valid", "same"), "valid")
+    layer.strides = layer.sizes("strides", spatial, 1)
+    layer.dilation = layer.sizes("dilation_rate", spatial, 1)
+    if max(layer.strides) > 1 and max(layer.dilation) > 1:
+        raise layer.unsupported("strides+dilation_rate", (layer.strides, layer.dilation),
+                                "Keras itself rejects strides > 1 with dilation > 1")
+    if config.get("lora_rank"):
+        raise layer.unsupported("lora_rank", config.get("lora_rank"))
+    layer.kernel = np.ascontiguousarray(weights[0])
+    layer.bias = weights[1] if layer.use_bias else None
+    layer.activation = activations.get(config.get("activation"), f"{layer.class_name} '{layer.name}'")
+
+
 class Conv2D(AbsorbsAffine, Layer):
     """Conv2D: y = activation(conv2d(x, kernel) + bias); channels_last. ``groups`` > 1
     builds a :class:`GroupedConv2D`."""
@@ -421,20 +440,9 @@ class Conv2D(AbsorbsAffine, Layer):
         self.n_weights = 2 if self.use_bias else 1
         super().__init__(config, weights, class_name)
         self.rank = 2
-        self.require("data_format", ("channels_last", None), "channels_last")
         if type(self) is not GroupedConv2D:
             self.require("groups", (1,), 1)
-        self.padding = self.require("padding", ("valid", "same"), "valid")
-        self.strides = self.sizes("strides", 2, 1)
-        self.dilation = self.sizes("dilation_rate", 2, 1)
-        if max(self.strides) > 1 and max(self.dilation) > 1:
-            raise self.unsupported("strides+dilation_rate", (self.strides, self.dilation),
-                                   "Keras itself rejects strides > 1 with dilation > 1")
-        if config.get("lora_rank"):
-            raise self.unsupported("lora_rank", config.get("lora_rank"))
-        self.kernel = np.ascontiguousarray(weights[0])
-        self.bias = weights[1] if self.use_bias else None
-        self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
+        read_conv_options(self, config, weights, 2)
         if self.spatial == 2:
             self.check_config_sizes()
 

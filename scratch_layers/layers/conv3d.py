@@ -25,9 +25,9 @@ from ..blas import block_sum, for_blocks, rows_matmul, rows_matmul_tn
 from ..errors import InputError, ModelFileError
 from ..profiling import gemm
 from .bounds import check_sample_elements
-from .conv import AbsorbsAffine
+from .conv import AbsorbsAffine, read_conv_options
 from .conv_transpose import check_transpose_sizes, conv_transpose_length, conv_transpose_pads
-from .layer import Layer, as_tuple, positive_sizes, same_padding, valid_out
+from .layer import KeepsPreactivation, Layer, as_tuple, positive_sizes, same_padding, valid_out
 
 SPATIAL = 3
 
@@ -245,19 +245,8 @@ class Conv3DBase(Layer):
         self.use_bias = config.get("use_bias", True)
         self.n_weights = 2 if self.use_bias else 1
         super().__init__(config, weights, class_name)
-        self.require("data_format", ("channels_last", None), "channels_last")
-        self.padding = self.require("padding", ("valid", "same"), "valid")
-        self.strides = self.sizes("strides", SPATIAL, 1)
-        self.dilation = self.sizes("dilation_rate", SPATIAL, 1)
-        if max(self.strides) > 1 and max(self.dilation) > 1:
-            raise self.unsupported("strides+dilation_rate", (self.strides, self.dilation),
-                                   "Keras itself rejects strides > 1 with dilation > 1")
-        if config.get("lora_rank"):
-            raise self.unsupported("lora_rank", config.get("lora_rank"))
-        self.kernel = np.ascontiguousarray(weights[0])
+        read_conv_options(self, config, weights, SPATIAL)
         self.in_channels = self.kernel.shape[self.kernel_in_axis]
-        self.bias = weights[1] if self.use_bias else None
-        self.activation = activations.get(config.get("activation"), f"{self.class_name} '{self.name}'")
 
     def _check_input(self, x):
         self.check_rank(x, SPATIAL + 2, "volume batch (N, D, H, W, C)")
@@ -376,7 +365,7 @@ class Conv3D(AbsorbsAffine, Conv3DBase):
         return dx, grads
 
 
-class Conv3DTranspose(Conv3DBase):
+class Conv3DTranspose(KeepsPreactivation, Conv3DBase):
     """Conv3DTranspose: y = activation(conv_transpose3d(x, kernel) + bias), channels_last,
     kernel (kd, kh, kw, F, C); valid/same padding, strides, output_padding, dilation.
 
@@ -419,12 +408,6 @@ class Conv3DTranspose(Conv3DBase):
         if self.bias is not None:
             z += self.bias
         return z
-
-    def forward_train(self, x, mask, ctx):
-        z = self._z(x)
-        y = self.activation(z)
-        self._saved = (x, z, y)
-        return y
 
     def backward(self, dy, need_dx=True):
         x, _, _ = self._saved

@@ -7,7 +7,7 @@ import numpy as np
 from .. import activations
 from ..errors import InputError, ModelFileError, UnsupportedLayerError
 from ..ops import sum_to_shape
-from .layer import Layer
+from .layer import KeepsPreactivation, Layer
 
 # ----------------------------------------------------------------------------- einsum
 
@@ -35,7 +35,7 @@ def _parse_equation(equation, where):
 
 
 
-class EinsumDense(Layer):
+class EinsumDense(KeepsPreactivation, Layer):
     """y = act(z), z = einsum(equation, x, kernel) + bias (bias broadcast on the trailing
     output axes from the first ``bias_axes`` letter on, as Keras builds it).
 
@@ -128,12 +128,6 @@ class EinsumDense(Layer):
 
     def forward(self, x, mask=None):
         return self.activation(self._z(x))
-
-    def forward_train(self, x, mask, ctx):
-        z = self._z(x)
-        y = self.activation(z)
-        self._saved = (x, z, y)
-        return y
 
     def backward(self, dy, need_dx=True):
         x, z, y = self._saved

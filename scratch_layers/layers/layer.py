@@ -246,6 +246,18 @@ class KeepsInputOutput:
         return y
 
 
+class KeepsPreactivation:
+    """Mixin for layers ``y = activation(z)``, ``z = self._z(x)`` (the affine part, input
+    checks included): forward_train keeps ``(x, z, y)`` in ``self._saved``, what
+    ``activations.backward`` and the weight gradients need."""
+
+    def forward_train(self, x, mask, ctx):
+        z = self._z(x)
+        y = self.activation(z)
+        self._saved = (x, z, y)
+        return y
+
+
 class TensorRef:
     """A reference, in a Functional config, to the output of a node: ``(layer name,
     node_index, tensor_index)`` (``keras_history``). :meth:`Layer.split_call` receives

@@ -116,22 +116,7 @@ class IndexLookup(Layer):
 
     def _vocabulary(self, config, asset):
         """The tokens (special tokens removed), as Keras' ``set_vocabulary`` reads them."""
-        vocab = config.get("vocabulary")
-        if isinstance(vocab, str):
-            raise self.unsupported("vocabulary", vocab, "a vocabulary *file path* refers to the "
-                                   "saving machine; pass the tokens, or adapt() and save the model")
-        if vocab is None:
-            vocab = asset
-        if vocab is None:
-            raise ModelFileError(f"{self.where}: no vocabulary (neither in the config nor in the "
-                                 "model file's assets/ folder). Legacy .h5 files do not store "
-                                 "adapted vocabularies: save the model as .keras.")
-        if not isinstance(vocab, (list, tuple)):
-            raise ModelFileError(f"{self.where}: vocabulary is not a list; the file is corrupt")
-        if len(vocab) > text.MAX_VOCABULARY_TOKENS:
-            raise ModelFileError(f"{self.where}: a vocabulary of {len(vocab):,} tokens is over the "
-                                 f"cap of {text.MAX_VOCABULARY_TOKENS:,} (scratch_layers.layers.text."
-                                 "MAX_VOCABULARY_TOKENS); the file is hostile or corrupt")
+        vocab = text.configured_vocabulary(self, config, asset)
         try:
             vocab = [self._token(v) for v in vocab]
         except (TypeError, ValueError):

@@ -84,6 +84,31 @@ def parse_vocabulary_file(data, where="vocabulary"):
     return lines
 
 
+def configured_vocabulary(layer, config, asset):
+    """The vocabulary as Keras' ``set_vocabulary`` gets it: the config's list, else the
+    model file's asset (already parsed, or None). A file path names the saving machine
+    (UnsupportedLayerError); no vocabulary at all, one that is not a list, or one of more
+    than MAX_VOCABULARY_TOKENS tokens is a ModelFileError."""
+    where = f"{layer.class_name} layer '{layer.name}'"
+    vocab = config.get("vocabulary")
+    if isinstance(vocab, str):
+        raise layer.unsupported("vocabulary", vocab, "a vocabulary *file path* refers to the "
+                                "saving machine; pass the tokens, or adapt() and save the model")
+    if vocab is None:
+        vocab = asset
+    if vocab is None:
+        raise ModelFileError(f"{where}: no vocabulary (neither in the config nor in the "
+                             "model file's assets/ folder). Legacy .h5 files do not store "
+                             "adapted vocabularies: save the model as .keras.")
+    if not isinstance(vocab, (list, tuple)):
+        raise ModelFileError(f"{where}: vocabulary is not a list; the file is corrupt")
+    if len(vocab) > MAX_VOCABULARY_TOKENS:
+        raise ModelFileError(f"{where}: a vocabulary of {len(vocab):,} tokens is over the "
+                             f"cap of {MAX_VOCABULARY_TOKENS:,} (scratch_layers.layers.text."
+                             "MAX_VOCABULARY_TOKENS); the file is hostile or corrupt")
+    return vocab
+
+
 class TextVectorization(Layer):
     """Strings (N,) or (N, 1) -> int64 token ids (N, output_sequence_length).
 
@@ -110,18 +135,7 @@ class TextVectorization(Layer):
         self.require("ragged", (False,), False)
         self.require("sparse", (False,), False)
         self.output_sequence_length = self._sequence_length(config.get("output_sequence_length"))
-        vocab = config.get("vocabulary")
-        if isinstance(vocab, str):
-            raise self.unsupported("vocabulary", vocab, "a vocabulary *file path* refers to the "
-                                   "saving machine; save the model after adapt() instead")
-        if vocab is None:
-            vocab = vocabulary
-        if vocab is None:
-            raise ModelFileError(
-                f"TextVectorization layer '{self.name}': no vocabulary found (neither in the "
-                "config nor in the model file's assets/ folder). Legacy .h5 files do not "
-                "store adapted vocabularies: save the model as .keras.")
-        vocab = [str(v) for v in vocab]
+        vocab = [str(v) for v in configured_vocabulary(self, config, vocabulary)]
         special = ["", "[UNK]"]  # mask token, OOV token (num_oov_indices=1)
         if vocab[:2] == special:
             vocab = vocab[2:]
