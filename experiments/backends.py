@@ -12,6 +12,12 @@ case *group* (a study family ``cnn`` / ``rnn`` / ``lstm``, ``graph`` for the gra
 * ``wrong``   -- it ran and differs: the record names the first node where it diverges
   (when the backend offers ``intermediate_outputs``) and by how much.
 
+The ``backward`` group holds the backward checks (``tests/test_backward_models.py``, one
+case per family baseline): the backend's ``loss_and_gradients(x, y)`` against Keras'
+``tf.GradientTape`` on the float64 twin and on the float32 model
+(:func:`check_backend_gradients`).  A backend without that method is *refused* there; a
+wrong one names the first weight whose gradient differs (in the record's ``node``).
+
 :func:`matrix` folds them into one row per (backend, group).
 """
 from __future__ import annotations
@@ -20,7 +26,8 @@ import math
 
 import pytest
 
-GROUPS_ORDER = ("cnn", "rnn", "lstm", "graph", "applications")
+GROUPS_ORDER = ("cnn", "rnn", "lstm", "graph", "applications", "backward")
+BACKWARD = "backward"   # the case group of the backward checks
 
 
 def record_case(request, backend, group: str, case: str, status: str, *, max_abs_diff=None,
@@ -166,3 +173,78 @@ def check_backend_case(request, backend, group: str, case: str, keras_model, pat
     assert ok, message
     print(f"{case} on {backend.name} ({precision}): max|Δ| vs float32 Keras {d32:.2e}, vs twin {d64:.2e}")
     return d64, d32
+
+
+def backend_gradients(request, backend, case: str, path, x, y):
+    """``(model, loss, grads)``: the backend's model of ``path`` and its
+    ``loss_and_gradients(x, y)``, for the ``backward`` group.  A refused load, a model
+    without ``loss_and_gradients`` or a refused call is recorded as *refused* and skips the
+    test; a crash is recorded as *wrong* and raised."""
+    from scratch_layers.verify.backends import Refused, has_gradients
+    try:
+        model = backend.load(path)
+        if not has_gradients(model):
+            raise Refused(backend.name, "its model offers no loss_and_gradients(x, y), so the backward "
+                                        "checks cannot run (see scratch_layers/verify/backends.py)")
+        loss, grads = backend.call(model.loss_and_gradients, x, y)
+    except Refused as exc:
+        skip_refused(request, backend, BACKWARD, case, exc)
+    except Exception as exc:  # noqa: BLE001 - a crash is a wrong result: counted, then raised
+        record_case(request, backend, BACKWARD, case, "wrong", message=f"{type(exc).__name__}: {exc}")
+        raise
+    return model, loss, grads
+
+
+def check_backend_gradients(request, backend, case: str, weight_paths, got, twin, keras32, *,
+                            twin_atol: float, twin_rtol: float, f32_tol: float):
+    """One backward case: the backend's ``got = (loss, grads)`` against Keras' float64 twin
+    ``twin = (loss, grads)`` and float32 Keras ``keras32`` (``tf.GradientTape``, computed by
+    the caller), ``grads`` in the order of ``keras_model.trainable_weights`` (named by
+    ``weight_paths``).
+
+    Gate per weight ``w`` (and for the loss, a scalar): a float64 backend needs
+    ``|g - g_twin| <= twin_atol + twin_rtol |g_twin|`` and ``|g - g_keras| <= f32_tol (1 + |g_keras|)``;
+    a float32 one (declared, or float32 gradients) the float32 gate only.  The result is
+    recorded (:func:`record_case`, group ``backward``); a wrong one fails naming the case,
+    the first weight that differs and by how much.  Returns (worst vs twin, worst vs float32)."""
+    import numpy as np
+
+    from scratch_layers.verify.keras import max_abs_diff
+
+    loss, grads = got[0], list(got[1])
+    precision = backend.precision_of(grads)
+
+    def wrong(message, weight=None, diff=None):
+        record_case(request, backend, BACKWARD, case, "wrong", precision=precision, node=weight,
+                    node_diff=diff, message=message)
+        raise AssertionError(message)
+
+    if len(grads) != len(weight_paths):
+        wrong(f"{case}: backend {backend.name!r} returned {len(grads)} gradients; the model has "
+              f"{len(weight_paths)} trainable weights (loss_and_gradients must return one per weight of "
+              "keras_model.trainable_weights, in that order)")
+    named = []
+    for path, g, t, k in zip(weight_paths, grads, twin[1], keras32[1]):
+        g = np.asarray(g, np.float64)
+        if g.shape != np.shape(t):
+            wrong(f"{case}: backend {backend.name!r}: the gradient of {path!r} has shape {g.shape}, the "
+                  f"weight {np.shape(t)}", path)
+        named.append((path, g, t, k))
+    named.append(("loss", np.asarray(loss, np.float64), twin[0], keras32[0]))   # after the weights
+    worst64 = worst32 = 0.0
+    for path, g, t, k in named:
+        d64, d32 = max_abs_diff(g, t), max_abs_diff(g, k)
+        worst64, worst32 = max(worst64, d64), max(worst32, d32)
+        off_twin = precision == "float64" and not np.allclose(g, t, atol=twin_atol, rtol=twin_rtol)
+        off_keras = not np.allclose(g, k, atol=f32_tol, rtol=f32_tol)
+        if off_twin or off_keras:
+            against, diff, tol = (("the float64 twin", d64, f"atol {twin_atol:g} + rtol {twin_rtol:g}")
+                                  if off_twin else ("float32 Keras", d32, f"atol + rtol {f32_tol:g}"))
+            what = "the loss differs" if path == "loss" else f"first weight whose gradient differs: {path!r}"
+            wrong(f"{case}: backend {backend.name!r} ({precision}) loss_and_gradients != Keras: {what} "
+                  f"(max |diff| {diff:.3g} against {against}, tolerance {tol})", path, diff)
+    record_case(request, backend, BACKWARD, case, "passed", max_abs_diff=worst32, max_abs_diff_float64=worst64,
+                precision=precision)
+    print(f"{case} backward on {backend.name} ({precision}): max|Δ| vs float64 twin {worst64:.2e}, "
+          f"vs float32 Keras {worst32:.2e}")
+    return worst64, worst32

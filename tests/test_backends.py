@@ -48,6 +48,22 @@ PLUGINS = {
 
         load.refuses = (Declined,)
         ''',
+    # scratch_layers with every gradient off by 1e-3 (its loss and outputs exact)
+    "grads_off_1e3.py": '''
+        import scratch_layers
+
+        class GradsOff:
+            def __init__(self, model):
+                self.model = model
+            def predict(self, x):
+                return self.model.predict(x)
+            def loss_and_gradients(self, x, y):
+                loss, grads = self.model.loss_and_gradients(x, y)
+                return loss, [g + 1e-3 for g in grads]
+
+        def load(path):
+            return GradsOff(scratch_layers.load_model(path))
+        ''',
 }
 
 
@@ -267,3 +283,85 @@ def test_verify_cli_with_a_backend(tmp_path, capsys):
         sys.path.remove(str(tmp_path))
     assert main(["verify", path, "--backend", "nope"]) == 2
     assert "unknown backend 'nope'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the backward checks per backend
+
+@pytest.fixture(scope="module")
+def backward_run(smoke_cache, tmp_path_factory):
+    """pytest in a subprocess: the smoke CNN baseline's backward check
+    (``tests/test_backward_models.py``) with ``--backend scratch_layers --backend
+    grads_off_1e3:load --backend off_by_1e3:load`` (the last has no loss_and_gradients):
+    ({test id: (outcome, message)}, the ``backend`` records of group ``backward``)."""
+    import ast
+
+    from experiments.runs import CACHE_ENV
+    plugins = tmp_path_factory.mktemp("plugins-backward")
+    for name, code in PLUGINS.items():
+        (plugins / name).write_text(textwrap.dedent(code))
+    junit = plugins / "junit.xml"
+    env = {**os.environ, CACHE_ENV: str(smoke_cache[0]), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(plugins), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "pytest", "tests/test_backward_models.py", "-m", "cnn",
+           "--profile", "smoke", "--no-train", "--benchmark-disable", "-p", "no:cacheprovider", "-q",
+           "--backend", "scratch_layers", "--backend", "grads_off_1e3:load", "--backend", "off_by_1e3:load",
+           f"--junitxml={junit}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert junit.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    results, records = {}, []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        outcome = next((c for c in case if c.tag in ("failure", "error", "skipped")), None)
+        results[case.get("name")] = (outcome.tag if outcome is not None else "passed",
+                                     "" if outcome is None else (outcome.get("message") or "") + (outcome.text or ""))
+        records += [ast.literal_eval(p.get("value")) for p in case.iter("property") if p.get("name") == "scratchnet"]
+    backward = [r for r in records if r["kind"] == "backend" and r["group"] == "backward"]
+    assert len(results) == 3, (proc.stdout[-3000:], list(results))
+    return results, backward
+
+
+def _record(records, backend):
+    hits = [r for r in records if r["backend"] == backend]
+    assert len(hits) == 1, (backend, records)
+    return hits[0]
+
+
+def test_backend_with_gradients_off_by_1e3_fails_naming_the_weight(backward_run, smoke_cache):
+    import keras
+    results, records = backward_run
+    first_weight = keras.saving.load_model(smoke_cache[1]["cnn"].path, compile=False).trainable_weights[0].path
+    outcome, message = _only(results, "test_baseline_gradients_and_replay", "grads_off_1e3")
+    assert outcome == "failure", (outcome, message)
+    assert f"{CNN_RUN}: backend 'grads_off_1e3:load' (float64) loss_and_gradients != Keras" in message, message
+    assert re.search(rf"first weight whose gradient differs: '{re.escape(first_weight)}' \(max \|diff\| 0\.001 "
+                     r"against the float64 twin", message), message
+    r = _record(records, "grads_off_1e3:load")
+    assert (r["status"], r["case"], r["node"]) == ("wrong", CNN_RUN, first_weight)
+    assert abs(r["node_diff"] - 1e-3) < 1e-6, r
+
+
+def test_backend_without_loss_and_gradients_is_refused_in_the_backward_group(backward_run):
+    from experiments.backends import matrix
+    results, records = backward_run
+    outcome, message = _only(results, "test_baseline_gradients_and_replay", "off_by_1e3")
+    assert outcome == "skipped", (outcome, message)
+    assert "refused by backend 'off_by_1e3:load': its model offers no loss_and_gradients(x, y)" in message
+    assert _record(records, "off_by_1e3:load")["status"] == "refused"
+    row = next(r for r in matrix(records) if r["backend"] == "off_by_1e3:load")
+    assert (row["group"], row["passed"], row["refused"], row["wrong"]) == ("backward", 0, 1, 0), row
+    assert "offers no loss_and_gradients" in row["refusals"][0]
+
+
+def test_scratch_layers_passes_the_backward_checks_and_the_matrix_shows_them(backward_run):
+    from experiments.backends import matrix
+    from experiments.report.sections.conformance import GROUP_TITLES, conformance_section
+    results, records = backward_run
+    assert _only(results, "test_baseline_gradients_and_replay", "scratch_layers")[0] == "passed"
+    r = _record(records, "scratch_layers")
+    assert (r["status"], r["case"], r["precision"]) == ("passed", CNN_RUN, "float64")
+    assert r["max_abs_diff_float64"] < r["max_abs_diff"], r   # float64 maths: nearer the twin than float32 Keras
+    rows = matrix(records)
+    assert [(x["backend"], x["passed"], x["refused"], x["wrong"]) for x in rows] == [
+        ("scratch_layers", 1, 0, 0), ("grads_off_1e3:load", 0, 0, 1), ("off_by_1e3:load", 0, 1, 0)]
+    html = conformance_section(rows)
+    assert GROUP_TITLES["backward"] in html
+    assert re.search(r"grads_off_1e3:load</code> on backward: first at <code>[^<]+</code>, weight <code>", html), html

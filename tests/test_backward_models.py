@@ -5,6 +5,11 @@
 * text baselines: a training replay of one epoch of the training split (fixed order,
   recipe batch size, Adam 1e-3, Dropout off) with scratch_layers and with Keras from the
   same initial weights; the per-step losses of both are recorded and must agree.
+
+With ``pytest --backend NAME`` the gradient check runs on each named backend's
+``loss_and_gradients(x, y)`` (group ``backward`` of the conformance matrix,
+:func:`experiments.backends.check_backend_gradients`); the per-layer table and the replay
+are scratch_layers' own and run for the default backend only.
 """
 import os
 import sys
@@ -17,7 +22,8 @@ from backward_helpers import (F32_TOL, TWIN_ATOL, TWIN_RTOL, keras_loss_and_grad
                               max_abs, twin_of)
 
 import scratch_layers  # noqa: E402
-from experiments.plugin import trained_or_skip  # noqa: E402
+from experiments.backends import backend_gradients, check_backend_gradients  # noqa: E402
+from experiments.plugin import Run, trained_or_skip  # noqa: E402
 from experiments.report.records import record  # noqa: E402
 
 pytestmark = [pytest.mark.slow]
@@ -78,21 +84,23 @@ def replay(keras_model, tmp_path, x, y, batch):
     return klosses, slosses, weight_diff
 
 
-def test_baseline_gradients_and_replay(pytestconfig, family, profile, request, tmp_path):
+def test_baseline_gradients_and_replay(pytestconfig, family, profile, request, tmp_path, backend):
     tm = trained_or_skip(pytestconfig, family, family.baseline, profile)
+    case = Run(family, family.baseline, tm.seed).id
     splits = family.load_data()
-    keras_model = tm.load_keras()
-    sm = scratch_layers.load_model(tm.path)
     x, y = splits.x_train[:GRAD_BATCH], np.asarray(splits.y_train[:GRAD_BATCH])
     data = list(x) if x.dtype == object else x
-    loss, grads = sm.loss_and_gradients(data, y)
+    sm, loss, grads = backend_gradients(request, backend, case, tm.path, data, y)  # refused: skips
+    keras_model = tm.load_keras()
     x64 = x.astype(np.float64) if x.dtype == np.float32 else x
     tloss, tgrads = keras_loss_and_grads(twin_of(keras_model), x64, y, float64=True)
     floss, fgrads = keras_loss_and_grads(keras_model, x, y)
+    check_backend_gradients(request, backend, case, [v.path for v in keras_model.trainable_weights],
+                            (loss, grads), (tloss, tgrads), (floss, fgrads),
+                            twin_atol=TWIN_ATOL, twin_rtol=TWIN_RTOL, f32_tol=F32_TOL)
+    if not backend.is_default:  # the per-layer table and the replay are scratch_layers' own
+        return
     rows = layer_table(sm, grads, tgrads, fgrads)
-    for g, t, f, v in zip(grads, tgrads, fgrads, keras_model.trainable_weights):
-        assert np.allclose(g, t, atol=TWIN_ATOL, rtol=TWIN_RTOL), (v.path, max_abs(g, t))
-        assert np.allclose(g, f, atol=F32_TOL, rtol=F32_TOL), (v.path, max_abs(g, f))
     data_record = dict(family=family.name, model=tm.entry.path.name, batch=GRAD_BATCH, loss=loss,
                        loss_diff_float64=abs(loss - tloss), loss_diff_float32=abs(loss - floss),
                        layers=rows)

@@ -7,8 +7,12 @@ same output shape).  It may also offer
 * ``intermediate_outputs(x)`` -> ``{node name: array}`` (names as Keras' graph names
   them, see :func:`scratch_layers.verify.keras.keras_node_outputs`): enables the
   per-node divergence, so a wrong backend is named down to the node;
-* ``loss_and_gradients(x, y)``: detected (:func:`has_gradients`) for the backward checks;
-  the suite runs those on scratch_layers only so far.
+* ``loss_and_gradients(x, y)`` -> ``(loss, grads)``: as scratch_layers' own
+  ``Model.loss_and_gradients``, ``loss`` a float, Keras' ``SparseCategoricalCrossentropy()``
+  (mean over the batch, inference mode) of the output against integer labels ``y``, and
+  ``grads`` a list of arrays, the gradient of ``loss`` for each weight of
+  ``keras_model.trainable_weights`` in that order and shape: enables the backward checks
+  (``tests/test_backward_models.py``); without it they are refused.
 
 A model the backend cannot run raises ``NotImplementedError``, or an error class the
 backend declares in a ``refuses`` tuple on its ``load`` callable (or its module): it is

@@ -7,7 +7,8 @@ from ...backends import GROUPS_ORDER
 from ..markup import esc, table
 
 GROUP_TITLES = {"cnn": "CNN study models", "rnn": "SimpleRNN study models", "lstm": "LSTM study models",
-                "graph": "graph cases", "applications": "keras.applications"}
+                "graph": "graph cases", "applications": "keras.applications",
+                "backward": "backward: loss_and_gradients (family baselines)"}
 
 
 def _e(x) -> str:
@@ -46,7 +47,10 @@ def conformance_section(rows: list[dict]) -> str:
            "a float32 one equals float32 Keras within atol + rtol 1e-5), that the backend "
            "<i>refused</i> (it raised <code>NotImplementedError</code> or its declared error), and "
            "that are <i>wrong</i>; then the worst max|Δ| against the twin and against float32 Keras "
-           "over the cases it ran, and its forward time over Keras' where both were timed.</p>",
+           "over the cases it ran, and its forward time over Keras' where both were timed. The "
+           "<i>backward</i> column checks <code>loss_and_gradients(x, y)</code> on one training batch "
+           "of each family's baseline against Keras' <code>tf.GradientTape</code> (float64 twin: atol "
+           "1e-9 + rtol 1e-7; float32 Keras: atol + rtol 1e-5); a backend without it is refused there.</p>",
            table(["backend", "precision"] + [GROUP_TITLES.get(g, g) for g in groups],
                  [[f"<code>{esc(b)}</code>", precision[b] or "n/a"] + [_cell(by.get((b, g))) for g in groups]
                   for b in backends])]
@@ -55,7 +59,8 @@ def conformance_section(rows: list[dict]) -> str:
         out.append("<p class=warn>Wrong: " + "; ".join(
             f"<code>{esc(r['backend'])}</code> on {esc(r['group'])}: first at "
             f"<code>{esc(r['first_wrong']['case'])}</code>"
-            + (f", node <code>{esc(r['first_wrong']['node'])}</code> (max|Δ| {_e(r['first_wrong']['node_diff'])})"
+            + (f", {'weight' if r['group'] == 'backward' else 'node'} <code>{esc(r['first_wrong']['node'])}</code>"
+               f" (max|Δ| {_e(r['first_wrong']['node_diff'])})"
                if r["first_wrong"].get("node") else "")
             for r in wrong) + "</p>")
     refusals = [(r["backend"], r["group"], m) for r in rows for m in r.get("refusals", [])]
